@@ -1,0 +1,214 @@
+"""One model factory for torchvision, timm and reference study 003's small VGG family.
+
+`create_model(name, num_classes, pretrained)` is the public interface: the name alone picks
+the library. The classification head is replaced for `num_classes`; with finetune="head" the
+backbone is frozen and only the new head trains (a linear layer, or two fully connected
+layers as in reference study 004).
+"""
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+
+import torch
+from torch import nn
+
+from .errors import ParameterError, PretrainedWeightsUnavailable
+
+# Reference study 003: "VGG layers" of two 3x3 convs and a 2x2 max-pool, widths 32, 64, 128,
+# followed by two dense layers; ablations add BatchNorm and dropout.
+VGG_PATTERN = re.compile(r"^smallvgg(?P<blocks>[123])(?P<bn>_bn)?(?P<dropout>_dropout)?$")
+VGG_NAMES = [f"smallvgg{b}{bn}{do}" for b in (1, 2, 3) for bn in ("", "_bn") for do in ("", "_dropout")]
+
+
+class SmallVGG(nn.Module):
+    """Study 003's CIFAR VGG: 1-3 blocks of (conv-relu[-bn]) x2 + max-pool [+ dropout], then 2 dense layers."""
+
+    def __init__(self, num_classes: int, blocks: int = 3, batchnorm: bool = False, dropout: bool = False,
+                 widths: tuple[int, ...] = (32, 64, 128), hidden: int = 128):
+        super().__init__()
+        layers: list[nn.Module] = []
+        in_ch = 3
+        for i in range(blocks):
+            out = widths[i]
+            for _ in range(2):
+                layers += [nn.Conv2d(in_ch, out, 3, padding=1, bias=not batchnorm), nn.ReLU(inplace=True)]
+                if batchnorm:
+                    layers.append(nn.BatchNorm2d(out))
+                in_ch = out
+            layers.append(nn.MaxPool2d(2))
+            if dropout:
+                layers.append(nn.Dropout(0.2 + 0.1 * i))
+        self.features = nn.Sequential(*layers)
+        # Global average pooling keeps the head size independent of the image size.
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        head: list[nn.Module] = [nn.Flatten(), nn.Linear(in_ch, hidden), nn.ReLU(inplace=True)]
+        if batchnorm:
+            head.append(nn.BatchNorm1d(hidden))
+        if dropout:
+            head.append(nn.Dropout(0.5))
+        head.append(nn.Linear(hidden, num_classes))
+        self.classifier = nn.Sequential(*head)
+
+    def forward(self, x):
+        return self.classifier(self.pool(self.features(x)))
+
+
+@lru_cache(maxsize=1)
+def torchvision_names() -> frozenset[str]:
+    import torchvision
+    return frozenset(torchvision.models.list_models(module=torchvision.models))
+
+
+@lru_cache(maxsize=1)
+def timm_names() -> frozenset[str]:
+    import timm
+    return frozenset(timm.list_models())
+
+
+def model_family(name: str) -> str:
+    """'smallvgg', 'torchvision' or 'timm'; raises ParameterError for an unknown name."""
+    if VGG_PATTERN.match(name):
+        return "smallvgg"
+    if name in torchvision_names():
+        return "torchvision"
+    base = name.split(".")[0]
+    if base in timm_names():
+        return "timm"
+    raise ParameterError("model", name, "a torchvision classification model (e.g. shufflenet_v2_x1_0), "
+                         f"a timm model (e.g. tiny_vit_5m_224) or one of {', '.join(VGG_NAMES[:1] + VGG_NAMES[-1:])} "
+                         "(smallvgg<1-3>[_bn][_dropout])")
+
+
+def min_image_size(name: str) -> int:
+    """The smallest input the model's downsampling can take."""
+    m = VGG_PATTERN.match(name)
+    if m:
+        return 2 ** int(m["blocks"])
+    return 32
+
+
+def fixed_image_size(name: str) -> int | None:
+    """Image size a timm model is built for when it cannot take another (vision transformers)."""
+    if model_family(name) != "timm":
+        return None
+    import timm
+    cfg = timm.get_pretrained_cfg(name.split(".")[0]) if hasattr(timm, "get_pretrained_cfg") else None
+    if cfg is not None and getattr(cfg, "fixed_input_size", False):
+        return cfg.input_size[-1]
+    return None
+
+
+def _last_linear(model: nn.Module) -> tuple[nn.Module, str, nn.Linear]:
+    parent, attr, last = None, None, None
+    for mod_name, module in model.named_modules():
+        for child_name, child in module.named_children():
+            if isinstance(child, nn.Linear):
+                parent, attr, last = module, child_name, child
+    if last is None:
+        raise ValueError("model has no linear classification layer to replace")
+    return parent, attr, last
+
+
+def make_head(in_features: int, num_classes: int, head: str) -> nn.Module:
+    if head == "linear":
+        return nn.Linear(in_features, num_classes)
+    # Study 004: two fully connected layers on top of the frozen backbone.
+    return nn.Sequential(nn.Linear(in_features, 256), nn.ReLU(inplace=True), nn.Dropout(0.2),
+                         nn.Linear(256, num_classes))
+
+
+def replace_head(model: nn.Module, num_classes: int, head: str = "linear") -> nn.Module:
+    """Swap the last linear layer for a fresh head with `num_classes` outputs; returns the head."""
+    parent, attr, last = _last_linear(model)
+    new = make_head(last.in_features, num_classes, head)
+    setattr(parent, attr, new)
+    return new
+
+
+def _torchvision_pretrained(name: str):
+    import torchvision
+    weights = torchvision.models.get_model_weights(name).DEFAULT
+    try:
+        return torchvision.models.get_model(name, weights=weights)
+    except Exception as err:  # network errors, missing file: say where the file goes
+        hub = torch.hub.get_dir()
+        filename = weights.url.rsplit("/", 1)[-1]
+        raise PretrainedWeightsUnavailable(
+            f"pretrained weights for model '{name}' are not in the torch hub cache '{hub}/checkpoints' "
+            f"and could not be downloaded ({type(err).__name__}: {err}); fetch {weights.url} into "
+            f"'{hub}/checkpoints/{filename}' (or set TORCH_HOME), or set pretrained=False") from err
+
+
+def _timm_model(name: str, num_classes: int, pretrained: bool, image_size: int | None):
+    import timm
+    kwargs = {}
+    if image_size and fixed_image_size(name) and fixed_image_size(name) != image_size:
+        kwargs["img_size"] = image_size
+    try:
+        return timm.create_model(name, pretrained=pretrained, num_classes=num_classes, **kwargs)
+    except Exception as err:
+        if not pretrained:
+            raise
+        from huggingface_hub.constants import HF_HUB_CACHE
+        raise PretrainedWeightsUnavailable(
+            f"pretrained weights for timm model '{name}' are not in the Hugging Face cache '{HF_HUB_CACHE}' "
+            f"and could not be downloaded ({type(err).__name__}: {err}); on a connected machine run "
+            f"`python -c \"import timm; timm.create_model('{name}', pretrained=True)\"` and copy that cache "
+            "here (or set HF_HOME), or set pretrained=False") from err
+
+
+def create_model(name: str, num_classes: int, pretrained: bool = False, finetune: str = "all",
+                 head: str = "linear", image_size: int | None = None) -> nn.Module:
+    """Build `name` with a `num_classes` head.
+
+    finetune="all" trains every layer; "head" freezes the backbone and trains a new head
+    ("linear", or "mlp": two fully connected layers).
+    """
+    family = model_family(name)
+    if family == "smallvgg":
+        if pretrained:
+            raise ParameterError("pretrained", pretrained, f"False for '{name}', which has no published weights")
+        m = VGG_PATTERN.match(name)
+        model = SmallVGG(num_classes, blocks=int(m["blocks"]), batchnorm=bool(m["bn"]), dropout=bool(m["dropout"]))
+    elif family == "torchvision":
+        import torchvision
+        model = _torchvision_pretrained(name) if pretrained else torchvision.models.get_model(name, num_classes=num_classes)
+    else:
+        model = _timm_model(name, num_classes, pretrained, image_size)
+
+    needs_new_head = (family == "torchvision" and pretrained) or finetune == "head" or head != "linear"
+    if needs_new_head:
+        new_head = replace_head(model, num_classes, head)
+    if finetune == "head":
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for p in new_head.parameters():
+            p.requires_grad_(True)
+    return model
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(all parameters, trainable parameters)."""
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return total, trainable
+
+
+def size_mb(model: nn.Module) -> float:
+    """Size of the state dict (parameters and buffers) in MB (10^6 bytes), as study 002 reported it."""
+    n = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    return n / 1e6
+
+
+def gmacs(model: nn.Module, image_size: int) -> float:
+    """Multiply-accumulates per image (10^9) at `image_size`, counted by torch.utils.flop_counter."""
+    from torch.utils.flop_counter import FlopCounterMode
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    x = torch.zeros(1, 3, image_size, image_size, device=device)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(x)
+    model.train(was_training)
+    return counter.get_total_flops() / 2 / 1e9

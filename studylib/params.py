@@ -1,0 +1,162 @@
+"""Parameters of a training run, validated before any work starts.
+
+`TrainParams.from_mapping(d)` returns the validated parameters or raises ParameterError
+with one sentence: the parameter, the bad value and what is allowed.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
+
+from .errors import ParameterError
+
+
+class TrainParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    dataset: str = "clothing10"
+    root: str = ""                       # data root; "" means data/<dataset>
+    model: str = "shufflenet_v2_x1_0"
+    pretrained: bool = False
+    finetune: Literal["all", "head"] = "all"
+    head: Literal["linear", "mlp"] = "linear"
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 3e-3
+    optimizer: Literal["adam", "adamw", "sgd"] = "adamw"
+    weight_decay: float = 5e-4
+    schedule: Literal["constant", "cosine", "onecycle"] = "onecycle"
+    label_smoothing: float = 0.1
+    image_size: int = 96
+    augment: bool = True
+    early_stopping: int = 0              # patience in epochs on val top-1; 0 means off
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True                     # bf16 autocast, CUDA only
+    channels_last: bool = True           # CUDA only
+    compile: bool = False                # torch.compile the model
+    train_limit: int = 0                 # use at most this many training images; 0 means all
+    val_fraction: float = 0.1            # for datasets without a validation split
+    targets: list[float] = [0.5, 0.6, 0.7, 0.8, 0.9]  # val top-1 targets for time-to-accuracy
+    profile: bool = False                # torch.profiler summary of a few steps
+    output_dir: str = ""                 # "" means runs/<run id>
+
+    @classmethod
+    def from_mapping(cls, values: dict) -> "TrainParams":
+        fields = set(cls.model_fields)
+        unknown = sorted(set(values) - fields)
+        if unknown:
+            raise ParameterError(unknown[0], values[unknown[0]], f"one of the train parameters ({', '.join(sorted(fields))})")
+        try:
+            return cls(**values)
+        except ValidationError as err:
+            first = err.errors()[0]
+            ctx_err = (first.get("ctx") or {}).get("error")
+            if isinstance(ctx_err, ParameterError):
+                raise ctx_err from None
+            name = str(first["loc"][0]) if first["loc"] else "parameters"
+            raise ParameterError(name, values.get(name, first.get("input")), _allowed(first)) from None
+
+    @classmethod
+    def from_namespace(cls, namespace: dict) -> "TrainParams":
+        """Pick this class's fields out of a notebook's globals (the papermill parameters)."""
+        return cls.from_mapping({k: namespace[k] for k in cls.model_fields if k in namespace})
+
+    @field_validator("epochs", "batch_size", "image_size")
+    @classmethod
+    def _positive_int(cls, v, info):
+        if v <= 0:
+            raise ParameterError(info.field_name, v, "a positive integer")
+        return v
+
+    @field_validator("lr")
+    @classmethod
+    def _positive_lr(cls, v):
+        if not v > 0:
+            raise ParameterError("lr", v, "a positive number")
+        return v
+
+    @field_validator("weight_decay", "train_limit", "early_stopping")
+    @classmethod
+    def _non_negative(cls, v, info):
+        if v < 0:
+            raise ParameterError(info.field_name, v, "zero or more")
+        return v
+
+    @field_validator("label_smoothing")
+    @classmethod
+    def _smoothing(cls, v):
+        if not 0 <= v < 1:
+            raise ParameterError("label_smoothing", v, "in [0, 1)")
+        return v
+
+    @field_validator("val_fraction")
+    @classmethod
+    def _fraction(cls, v):
+        if not 0 < v < 1:
+            raise ParameterError("val_fraction", v, "between 0 and 1")
+        return v
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v):
+        if v in ("auto", "cpu", "cuda") or (v.startswith("cuda:") and v[5:].isdigit()):
+            if v.startswith("cuda"):
+                import torch
+                if not torch.cuda.is_available():
+                    raise ParameterError("device", v, "'auto' or 'cpu' on this machine, which has no CUDA device")
+            return v
+        raise ParameterError("device", v, "'auto', 'cpu', 'cuda' or 'cuda:N'")
+
+    @field_validator("dataset")
+    @classmethod
+    def _dataset(cls, v):
+        from .datasets import DATASETS
+        if v not in DATASETS:
+            raise ParameterError("dataset", v, f"one of {', '.join(DATASETS)}")
+        return v
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, v):
+        from .models import model_family
+        model_family(v)
+        return v
+
+    @model_validator(mode="after")
+    def _cross_checks(self):
+        from .datasets import default_root
+        from .models import fixed_image_size, min_image_size
+        smallest = min_image_size(self.model)
+        if self.image_size < smallest:
+            raise ParameterError("image_size", self.image_size, f"at least {smallest} for model '{self.model}'")
+        fixed = fixed_image_size(self.model)
+        if fixed and self.pretrained and self.image_size != fixed:
+            raise ParameterError("image_size", self.image_size, f"{fixed} for pretrained '{self.model}', which is built for that size")
+        if self.dataset == "imagefolder" and not self.root:
+            raise ParameterError("root", self.root, "a folder of root/<split>/<class>/<image> for dataset 'imagefolder'")
+        if self.dataset in ("clothing10", "imagefolder", "stanford_dogs") or self.root:
+            root = self.root or default_root(self.dataset)
+            if "://" not in root and not Path(root).is_dir():
+                if self.dataset in ("clothing10", "imagefolder"):
+                    raise ParameterError("root", root, f"an existing folder holding dataset '{self.dataset}'")
+        return self
+
+    def run_params(self) -> dict:
+        """The parameters that define the run (what the run id hashes): everything but where outputs go."""
+        return self.model_dump(exclude={"output_dir"})
+
+
+def _allowed(error: dict) -> str:
+    kind = error.get("type", "")
+    if kind == "literal_error":
+        return "one of " + error["msg"].split("Input should be ", 1)[-1]
+    if kind.startswith("int"):
+        return "an integer"
+    if kind.startswith("float"):
+        return "a number"
+    if kind.startswith("bool"):
+        return "true or false"
+    return error.get("msg", "valid")

@@ -1,0 +1,93 @@
+"""The run record: one schema, defined here, written by every stage and read by every consumer.
+
+Each stage notebook glues one scrap named `record` (scrapbook), a JSON dict that validates
+as one of these models. The run id is a readable prefix plus a hash of the parameters, so
+the same parameters always name the same run.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Optional
+
+from pydantic import BaseModel, ConfigDict
+
+
+def params_hash(params: dict) -> str:
+    blob = json.dumps(params, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:10]
+
+
+def run_id(stage: str, params: dict) -> str:
+    """`<stage>-<dataset>-<model>-s<seed>-<hash>`: readable, and unique to the parameters."""
+    parts = [stage, params.get("dataset"), params.get("model"),
+             f"s{params['seed']}" if "seed" in params else None]
+    prefix = "-".join(str(p) for p in parts if p not in (None, ""))
+    return f"{prefix}-{params_hash(params)}"
+
+
+class Record(BaseModel):
+    model_config = ConfigDict(extra="allow", protected_namespaces=())
+    run_id: str
+    stage: str
+    status: str = "ok"           # ok | failed
+    params: dict
+    error: Optional[str] = None
+
+
+class EpochStats(BaseModel):
+    epoch: int
+    train_loss: float
+    train_top1: float
+    val_loss: float
+    val_top1: float
+    lr: float
+    seconds: float               # wall time of the epoch's training steps
+    val_seconds: float           # wall time of the epoch's validation pass
+    images_per_second: float     # training images / seconds
+    data_wait_seconds: float     # time the loop waited for batches
+
+
+class TestMetrics(BaseModel):
+    top1: float
+    top5: float
+    balanced_accuracy: float
+    macro_f1: float
+    per_class: list[dict]
+    confusion_matrix: list[list[int]]
+
+
+class TrainRecord(Record):
+    stage: str = "train"
+    dataset: str
+    model: str
+    pretrained: bool
+    device: str
+    hardware: dict
+    versions: dict
+    classes: list[str]
+    num_classes: int
+    image_size: int
+    param_count: int
+    trainable_params: int
+    size_mb: float
+    gmacs: float
+    data: dict                   # split sizes, skipped images, cache paths and times, normalisation
+    history: list[EpochStats]
+    test: TestMetrics
+    train_seconds: float         # all epochs, training and validation
+    first_step_seconds: float    # the first step alone: warm-up (and compile, with compile=True)
+    compile_seconds: Optional[float] = None
+    eval_seconds: float          # the single pass over the test split
+    time_to_target: dict[str, Optional[float]]  # val top-1 target -> train seconds to first reach it
+    epoch_to_target: dict[str, Optional[int]]
+    peak_memory_mb: float
+    profile: Optional[dict] = None
+    checkpoint: str
+    started_at: str
+    finished_at: str
+
+
+def failed_record(stage: str, params: dict, error: str, rid: str | None = None) -> dict:
+    return Record(run_id=rid or run_id(stage, params), stage=stage, status="failed",
+                  params=params, error=error).model_dump(mode="json")

@@ -1,0 +1,165 @@
+"""The training loop: read it top to bottom like the methods section.
+
+For each epoch: shuffle, take batches of in-memory tensors, step the optimizer and the
+schedule, then validate. The clock is read around exactly that work (after a CUDA
+synchronise), and the time spent waiting for batches is counted separately. The test split
+is not touched here: `run.py` evaluates it once, after training.
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+
+from .loader import TensorBatches
+from .record import EpochStats
+
+
+def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if name == "adam":
+        return torch.optim.Adam(trainable, lr=lr, weight_decay=weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(trainable, lr=lr, weight_decay=weight_decay)
+    return torch.optim.SGD(trainable, lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
+
+
+def build_schedule(optimizer, name: str, lr: float, total_steps: int):
+    if name == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total_steps))
+    if name == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=max(1, total_steps),
+                                                   pct_start=0.25)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+
+
+def synchronize(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def autocast(device: str, amp: bool):
+    if amp and device.startswith("cuda"):
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, batches: TensorBatches, device: str, amp: bool = False):
+    """(logits as float32 on CPU, labels on CPU, mean cross-entropy loss)."""
+    model.eval()
+    logits, labels = [], []
+    with autocast(device, amp):
+        for x, y in batches:
+            logits.append(model(x).float())
+            labels.append(y)
+    model.train()
+    if not logits:
+        return torch.empty(0, 0), torch.empty(0, dtype=torch.long), float("nan")
+    logits, labels = torch.cat(logits), torch.cat(labels)
+    loss = nn.functional.cross_entropy(logits, labels).item()
+    return logits.cpu(), labels.cpu(), loss
+
+
+def train_epoch(model, batches: TensorBatches, optimizer, schedule, loss_fn, device: str, amp: bool,
+                step_hook: Optional[Callable[[int], None]] = None) -> dict:
+    """One pass over the training batches. Returns loss, top-1, seconds, data-wait and first-step seconds."""
+    model.train()
+    total_loss = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    seen = 0
+    data_wait = 0.0
+    first_step = None
+    synchronize(device)
+    start = time.perf_counter()
+    it = iter(batches)
+    step = 0
+    while True:
+        t_wait = time.perf_counter()
+        try:
+            x, y = next(it)
+        except StopIteration:
+            break
+        data_wait += time.perf_counter() - t_wait
+        with autocast(device, amp):
+            out = model(x)
+            loss = loss_fn(out, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        total_loss += loss.detach() * len(y)
+        correct += (out.argmax(1) == y).sum()
+        seen += len(y)
+        if first_step is None:
+            synchronize(device)
+            first_step = time.perf_counter() - start
+        if step_hook is not None:
+            step_hook(step)
+        step += 1
+    synchronize(device)
+    seconds = time.perf_counter() - start
+    return {"loss": total_loss.item() / max(1, seen), "top1": correct.item() / max(1, seen),
+            "seconds": seconds, "data_wait": data_wait, "images": seen, "first_step": first_step or 0.0}
+
+
+def fit(model: nn.Module, train: TensorBatches, val: TensorBatches, *, epochs: int, optimizer, schedule,
+        loss_fn, device: str, amp: bool = False, early_stopping: int = 0,
+        on_epoch: Optional[Callable[[EpochStats], None]] = None, progress: bool = True) -> dict:
+    """Train for `epochs`, validating after each. `on_epoch` may raise to stop (Optuna's pruner does).
+
+    Returns {"history": [EpochStats], "first_step_seconds": float, "best_state": state dict or None}.
+    With early_stopping=N, training stops after N epochs without a better val top-1 and the best
+    weights are restored.
+    """
+    from tqdm.auto import tqdm
+    history: list[EpochStats] = []
+    best, best_state, stale = -1.0, None, 0
+    first_step_seconds = 0.0
+    bar = tqdm(range(1, epochs + 1), desc="epochs", disable=not progress, leave=True)
+    for epoch in bar:
+        stats = train_epoch(model, train, optimizer, schedule, loss_fn, device, amp)
+        if epoch == 1:
+            first_step_seconds = stats["first_step"]
+        synchronize(device)
+        t_val = time.perf_counter()
+        logits, labels, val_loss = evaluate(model, val, device, amp)
+        synchronize(device)
+        val_seconds = time.perf_counter() - t_val
+        val_top1 = (logits.argmax(1) == labels).float().mean().item() if len(labels) else float("nan")
+        row = EpochStats(epoch=epoch, train_loss=stats["loss"], train_top1=stats["top1"], val_loss=val_loss,
+                         val_top1=val_top1, lr=optimizer.param_groups[0]["lr"], seconds=stats["seconds"],
+                         val_seconds=val_seconds, images_per_second=stats["images"] / stats["seconds"],
+                         data_wait_seconds=stats["data_wait"])
+        history.append(row)
+        bar.set_postfix(loss=f"{row.train_loss:.3f}", val_top1=f"{val_top1:.3f}", img_s=f"{row.images_per_second:.0f}")
+        if on_epoch is not None:
+            on_epoch(row)
+        if early_stopping:
+            if val_top1 > best:
+                best, stale = val_top1, 0
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            else:
+                stale += 1
+                if stale >= early_stopping:
+                    break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    return {"history": history, "first_step_seconds": first_step_seconds}
+
+
+def time_to_targets(history: list[EpochStats], targets: list[float]) -> tuple[dict, dict]:
+    """For each val top-1 target: cumulative seconds (train + val) and epoch at which it was first reached."""
+    seconds, epochs = {}, {}
+    for t in targets:
+        elapsed, hit_s, hit_e = 0.0, None, None
+        for row in history:
+            elapsed += row.seconds + row.val_seconds
+            if row.val_top1 >= t:
+                hit_s, hit_e = elapsed, row.epoch
+                break
+        seconds[f"{t:g}"], epochs[f"{t:g}"] = hit_s, hit_e
+    return seconds, epochs

@@ -1,0 +1,67 @@
+"""The model factory: the three families, head swap counts, freezing and pretrained weights offline."""
+import urllib.error
+
+import pytest
+import torch
+
+from studylib.errors import ParameterError, PretrainedWeightsUnavailable
+from studylib.models import count_parameters, create_model, gmacs, size_mb
+
+
+def test_parameter_counts_match_published_ones():
+    # reference study 002's table (1000 ImageNet classes)
+    assert count_parameters(create_model("shufflenet_v2_x1_0", 1000))[0] == 2_278_604
+    assert count_parameters(create_model("mobilenet_v3_small", 1000))[0] == 2_542_856
+    assert size_mb(create_model("mnasnet0_5", 1000)) == pytest.approx(8.87, abs=0.1)
+    # torchvision's resnet18 with a 10-class head: 11,689,512 - 512*990 - 990
+    assert count_parameters(create_model("resnet18", 10))[0] == 11_181_642
+
+
+def test_head_finetuning_freezes_the_backbone():
+    m = create_model("resnet18", 10, finetune="head", head="mlp")
+    total, trainable = count_parameters(m)
+    assert trainable == 512 * 256 + 256 + 256 * 10 + 10 and total > trainable
+    assert m(torch.zeros(2, 3, 64, 64)).shape == (2, 10)
+
+
+@pytest.mark.parametrize("name, classes", [("smallvgg1", 10), ("smallvgg3_bn", 10), ("smallvgg2_bn_dropout", 4),
+                                           ("tiny_vit_5m_224", 10), ("mobilenet_v3_small", 3)])
+def test_every_family_builds_and_runs(name, classes):
+    m = create_model(name, classes).eval()
+    assert m(torch.zeros(2, 3, 64, 64)).shape == (2, classes)
+    assert gmacs(m, 64) > 0
+
+
+def test_vgg_variants_differ_as_named():
+    kinds = lambda m: {type(x).__name__ for x in m.modules()}
+    assert "BatchNorm2d" not in kinds(create_model("smallvgg3", 10))
+    assert "BatchNorm2d" in kinds(create_model("smallvgg3_bn", 10))
+    assert "Dropout" in kinds(create_model("smallvgg3_bn_dropout", 10))
+    with pytest.raises(ParameterError, match="pretrained"):
+        create_model("smallvgg3", 10, pretrained=True)
+
+
+def test_pretrained_weights_offline_name_the_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+
+    def offline(*a, **k):
+        raise urllib.error.URLError("no network")
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    with pytest.raises(PretrainedWeightsUnavailable) as info:
+        create_model("shufflenet_v2_x0_5", 10, pretrained=True)
+    msg = str(info.value)
+    assert str(tmp_path / "torch" / "hub" / "checkpoints") in msg and "shufflenetv2_x0.5" in msg
+
+
+def test_pretrained_weights_load_from_the_torch_hub_cache(tmp_path, monkeypatch):
+    """A checkpoint placed in the cache (as a user would copy one) is used with no network."""
+    import torchvision
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    weights = torchvision.models.get_model_weights("shufflenet_v2_x0_5").DEFAULT
+    reference = torchvision.models.shufflenet_v2_x0_5()
+    ckpt = tmp_path / "torch" / "hub" / "checkpoints" / weights.url.rsplit("/", 1)[-1]
+    ckpt.parent.mkdir(parents=True)
+    torch.save(reference.state_dict(), ckpt)
+    m = create_model("shufflenet_v2_x0_5", 7, pretrained=True)
+    assert torch.equal(m.conv1[0].weight, reference.conv1[0].weight)
+    assert m.fc.out_features == 7

@@ -1,0 +1,45 @@
+"""Every parameter error is one sentence naming the parameter, the bad value and what is allowed."""
+import pytest
+
+from studylib.errors import ParameterError
+from studylib.params import TrainParams
+
+
+@pytest.mark.parametrize("bad, parameter, value_text, allowed_text", [
+    ({"model": "resnet9000"}, "model", "'resnet9000'", "torchvision"),
+    ({"dataset": "mnist"}, "dataset", "'mnist'", "clothing10"),
+    ({"epochs": 0}, "epochs", "0", "positive integer"),
+    ({"epochs": -3}, "epochs", "-3", "positive integer"),
+    ({"batch_size": 0}, "batch_size", "0", "positive integer"),
+    ({"lr": -0.1}, "lr", "-0.1", "positive number"),
+    ({"lr": 0}, "lr", "0", "positive number"),
+    ({"image_size": 16}, "image_size", "16", "at least 32"),
+    ({"model": "smallvgg3_bn", "image_size": 4}, "image_size", "4", "at least 8"),
+    ({"dataset": "imagefolder", "root": "/no/such/folder"}, "root", "/no/such/folder", "existing folder"),
+    ({"dataset": "imagefolder"}, "root", "''", "folder"),
+    ({"optimizer": "rmsprop"}, "optimizer", "'rmsprop'", "'adam'"),
+    ({"finetune": "some"}, "finetune", "'some'", "'all'"),
+    ({"label_smoothing": 1.5}, "label_smoothing", "1.5", "[0, 1)"),
+    ({"device": "tpu"}, "device", "'tpu'", "'auto'"),
+    ({"epochs": "ten"}, "epochs", "'ten'", "integer"),
+    ({"learning_rate": 0.1}, "learning_rate", "0.1", "train parameters"),
+])
+def test_bad_parameter_gives_one_clear_sentence(bad, parameter, value_text, allowed_text):
+    with pytest.raises(ParameterError) as info:
+        TrainParams.from_mapping(bad)
+    msg = str(info.value)
+    assert info.value.parameter == parameter
+    assert msg.startswith(f"parameter '{parameter}' is ")
+    assert value_text in msg and allowed_text in msg
+    assert msg.count("\n") == 0 and msg.endswith(".")
+
+
+def test_defaults_are_valid_and_hashable():
+    from studylib.record import run_id
+    p = TrainParams.from_mapping({})
+    rid = run_id("train", p.run_params())
+    assert rid.startswith("train-clothing10-shufflenet_v2_x1_0-s0-")
+    assert rid == run_id("train", TrainParams.from_mapping({}).run_params())
+    assert rid != run_id("train", TrainParams.from_mapping({"seed": 1}).run_params())
+    # where the outputs go does not change what the run is
+    assert rid == run_id("train", TrainParams.from_mapping({"output_dir": "/elsewhere"}).run_params())
