@@ -177,6 +177,8 @@ def create_model(name: str, num_classes: int, pretrained: bool = False, finetune
     else:
         model = _timm_model(name, num_classes, pretrained, image_size)
 
+    if not pretrained:
+        set_batchnorm_momentum(model, FROM_SCRATCH_BN_MOMENTUM)
     needs_new_head = (family == "torchvision" and pretrained) or finetune == "head" or head != "linear"
     if needs_new_head:
         new_head = replace_head(model, num_classes, head)
@@ -186,6 +188,19 @@ def create_model(name: str, num_classes: int, pretrained: bool = False, finetune
         for p in new_head.parameters():
             p.requires_grad_(True)
     return model
+
+
+# torchvision builds mobilenet_v3 with BatchNorm momentum 0.01 and mnasnet with 0.0003, tuned for
+# ImageNet-length schedules. Trained from scratch for a few hundred steps, their running statistics
+# never converge and eval-mode accuracy stays at chance, so from-scratch models use PyTorch's
+# default 0.1. Pretrained models keep the library's value (reference study 002's setup).
+FROM_SCRATCH_BN_MOMENTUM = 0.1
+
+
+def set_batchnorm_momentum(model: nn.Module, momentum: float) -> None:
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.momentum = momentum
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:
