@@ -91,3 +91,27 @@ class TrainRecord(Record):
 def failed_record(stage: str, params: dict, error: str, rid: str | None = None) -> dict:
     return Record(run_id=rid or run_id(stage, params), stage=stage, status="failed",
                   params=params, error=error).model_dump(mode="json")
+
+
+# --- stage "data_prep" (studylib/dataprep.py, notebooks/data_prep.ipynb) ------------------------
+
+class DataPrepRecord(Record):
+    stage: str = "data_prep"
+    dataset: str
+    root: str                    # as given, without credentials
+    classes: list[str]
+    num_classes: int
+    sizes: dict[str, int]        # images per split
+    problems: int                # every problem found (the dataset card lists them)
+    problem_counts: dict[str, int]  # per kind: zero-byte file, truncated image, duplicate across splits, ...
+    checksums: Optional[dict]    # the checksum list's verification (listed, verified, mismatched, missing)
+    splits: dict                 # where the splits come from; the manifest's path when one was made
+    mean: dict[str, list[float]] # image size (px) -> the train split's channel mean in [0, 1], as train computes it
+    std: dict[str, list[float]]
+    cache: list[dict]            # per image size and split: images, skipped, seconds, hit, path, mb
+    storage: Optional[dict]      # object storage: mode, files, bytes, list/prefetch/fetch/first-pass seconds
+    seconds: dict[str, float]    # open, integrity, splits, describe, cache, total
+    hardware: dict
+    versions: dict
+    started_at: str
+    finished_at: str
