@@ -115,3 +115,22 @@ class DataPrepRecord(Record):
     versions: dict
     started_at: str
     finished_at: str
+
+
+# --- stage "cost" (studylib/cost.py, notebooks/cost.ipynb) ------------------------------------
+
+class CostRecord(Record):
+    stage: str = "cost"
+    study: str
+    prices: dict[str, dict]      # every price entry used (this machine's after the user's override)
+    this_machine: list[str]      # the hardware labels priced as "this machine"
+    machines: list[dict]         # hardware label -> price entry, for every hardware in the records
+    runs: list[dict]             # one priced row per successful train run (and per tuned run)
+    targets: list[dict]          # time- and cost-to-accuracy per run and val top-1 target (DAWNBench)
+    cheapest: list[dict]         # per dataset and target, the cheapest run to reach it
+    serving: list[dict]          # per deploy record: throughput, p50 latency, cost per million predictions
+    projections: list[dict]      # per run and machine: measured, projected from a measured ratio, or not measured
+    time_breakdown: list[dict]   # hours in data prep, tuning, training, evaluation per dataset and model
+    automl: list[dict]           # study 000's published rows next to ours
+    published_source: str
+    notes: list[str]

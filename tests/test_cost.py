@@ -1,0 +1,351 @@
+"""studylib.cost against hand-computed examples (hand-made records), prices.yaml's validation, and
+cost.ipynb executed by papermill on a small fake results folder."""
+import copy
+import json
+import math
+import re
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from studylib import cost
+from studylib.errors import ParameterError
+from studylib.record import CostRecord
+
+ROOT = Path(__file__).resolve().parent.parent
+CPU = "Fake Xeon 9000"
+CPU_LABEL = f"{CPU} (2 CPUs)"
+V100 = "Tesla V100-SXM2-16GB"
+PARAMS = {"dataset": "clothing10", "model": "mobilenet_v3_small", "seed": 0, "epochs": 2, "lr": 0.003,
+          "image_size": 32, "device": "cpu", "amp": True, "channels_last": True, "compile": False,
+          "targets": [0.5, 0.7, 0.8], "output_dir": "", "root": ""}
+
+
+def epoch(n, seconds, val_seconds, val_top1):
+    return {"epoch": n, "train_loss": 1.0, "train_top1": 0.5, "val_loss": 1.0, "val_top1": val_top1, "lr": 0.001,
+            "seconds": seconds, "val_seconds": val_seconds, "images_per_second": 100.0, "data_wait_seconds": 0.0}
+
+
+def train_record(run_id, history, eval_seconds, top1, device="cpu", gpu=None, cache=None, **params):
+    p = {**PARAMS, "device": device, **params}
+    tts = {}
+    for t in p["targets"]:
+        s, _ = cost.time_to_accuracy(history, t)
+        tts[f"{t:g}"] = s
+    return {"run_id": run_id, "stage": "train", "status": "ok", "params": p, "dataset": p["dataset"],
+            "model": p["model"], "device": device,
+            "hardware": {"cpu_model": CPU, "cpu_count": 2, "torch_threads": 2, "gpu_name": gpu, "platform": "x"},
+            "history": history, "test": {"top1": top1}, "eval_seconds": eval_seconds,
+            "train_seconds": sum(h["seconds"] + h["val_seconds"] for h in history),
+            "time_to_target": tts, "data": {"cache": cache or {}}}
+
+
+@pytest.fixture
+def book():
+    # this machine at 2.00 USD/h (the user's price); the V100 VM at study 000's 1.91 USD/h
+    return cost.load_prices(ROOT / "params" / "prices.yaml", this_machine_price=2.0)
+
+
+@pytest.fixture
+def records():
+    a = train_record("train-a", [epoch(1, 800, 100, 0.55), epoch(2, 800, 100, 0.72)], eval_seconds=36, top1=0.70,
+                     cache={"train": {"seconds": 72.0, "hit": False}, "val": {"seconds": 18.0, "hit": True}})
+    # the same model and parameters on a V100: a measured speed ratio between the two machines
+    b = train_record("train-b", [epoch(1, 80, 10, 0.56), epoch(2, 80, 10, 0.73)], eval_seconds=3.6, top1=0.71,
+                     device="cuda", gpu=V100)
+    # another model, CPU only, tuned by a tune record, served by a deploy record
+    c = train_record("train-c", [epoch(1, 1700, 100, 0.40), epoch(2, 1700, 100, 0.65)], eval_seconds=72, top1=0.66,
+                     model="shufflenet_v2_x0_5", lr=0.01)
+    tune = {"run_id": "tune-c", "stage": "tune", "status": "ok", "params": {}, "dataset": "clothing10",
+            "model": "shufflenet_v2_x0_5", "device": "cpu", "hardware": c["hardware"], "tuning_seconds": 5400.0,
+            "tuned_run_id": "train-c", "tuned_test_top1": 0.66}
+    deploy = {"run_id": "deploy-a", "stage": "deploy", "status": "ok", "params": {"run": "train-a"},
+              "train_run_id": "train-a", "backend": "onnx", "precision": "fp32", "served_top1": 0.70,
+              "hardware": a["hardware"], "device": "cpu", "throughput": 250.0, "latency_p50_ms": 4.0,
+              "load": [{"concurrency": 1, "throughput": 200.0, "p50_ms": 4.0},
+                       {"concurrency": 4, "throughput": 250.0, "p50_ms": 15.0}]}
+    # food101, as in study 000, with a data_prep record
+    d = train_record("train-d", [epoch(1, 3000, 600, 0.60), epoch(2, 3000, 600, 0.78)], eval_seconds=360, top1=0.79,
+                     dataset="food101", model="resnet50")
+    prep = {"run_id": "data_prep-food101", "stage": "data_prep", "status": "ok", "params": {"dataset": "food101"},
+            "hardware": a["hardware"],
+            "seconds": {"integrity": 300.0, "cache": 60.0, "total": 360.0}}
+    failed = {"run_id": "train-x", "stage": "train", "status": "failed", "params": PARAMS, "error": "boom"}
+    return [a, b, c, tune, deploy, d, prep, failed]
+
+
+def tables(records, book):
+    return cost.cost_tables(records, book, this_machine=[CPU_LABEL])
+
+
+def row(frame, **where):
+    m = frame
+    for k, v in where.items():
+        m = m[m[k] == v]
+    assert len(m) == 1, (where, m)
+    return m.iloc[0]
+
+
+def test_train_tune_eval_and_prep_costs_by_hand(records, book):
+    t = tables(records, book)
+    runs = t.runs
+    assert set(runs.run_id) == {"train-a", "train-b", "train-c", "train-d"}  # every successful run, no failed one
+    a = row(runs, run_id="train-a")
+    assert a.machine == "this machine" and a["price per hour"] == 2.0 and a.currency == "USD"
+    # train: 1800 s = 0.5 h at 2.00 USD/h = 1.00 USD; eval: 36 s = 0.01 h = 0.02 USD
+    assert a.training_seconds == 1800 and a.training_cost == pytest.approx(1.00)
+    assert a.evaluation_cost == pytest.approx(0.02)
+    # no data_prep record for clothing10: the run's own cache build, 72 s (the cache hit costs nothing) = 0.04 USD
+    assert a.data_prep_seconds == 72 and a.data_prep_cost == pytest.approx(0.04)
+    assert a.tuning_seconds == 0 and a.tuning_cost == 0 and a["tuning source"] == "not tuned"
+    assert a.total_cost == pytest.approx(1.06)
+    # the V100 run: 180 s at 1.91 USD/h = 0.0955 USD
+    b = row(runs, run_id="train-b")
+    assert b.machine == "gcp-v100-vm" and b.training_cost == pytest.approx(0.0955)
+    # tuning 5400 s = 1.5 h at 2.00 = 3.00 USD, charged to the tuned run
+    c = row(runs, run_id="train-c")
+    assert c.tuning_cost == pytest.approx(3.00) and c["tuning source"] == "tune-c"
+    assert c.training_cost == pytest.approx(2.00) and c.evaluation_cost == pytest.approx(0.04)
+    # food101's data_prep record: 360 s = 0.20 USD
+    d = row(runs, run_id="train-d")
+    assert d.data_prep_cost == pytest.approx(0.20) and d["data prep source"].startswith("data_prep record")
+    assert d.training_cost == pytest.approx(7200 / 3600 * 2.0)
+    assert any("1 failed train run" in n for n in t.notes)
+
+
+def test_time_and_cost_to_accuracy_dawnbench(records, book):
+    t = tables(records, book)
+    a = t.targets[t.targets.run_id == "train-a"].set_index("target")
+    # 0.5 first reached after epoch 1: 800 + 100 s = 0.25 h -> 0.50 USD; 0.7 after epoch 2: 1800 s -> 1.00 USD
+    assert a.loc[0.5, "epoch"] == 1 and a.loc[0.5, "seconds"] == 900 and a.loc[0.5, "cost"] == pytest.approx(0.50)
+    assert a.loc[0.7, "epoch"] == 2 and a.loc[0.7, "cost"] == pytest.approx(1.00)
+    assert a.loc[0.8, "seconds"] is None or math.isnan(a.loc[0.8, "seconds"])
+    # the same numbers the train record holds
+    assert (t.targets["seconds"].fillna(-1) == t.targets["recorded seconds"].fillna(-1)).all()
+    # cheapest to 0.5 on clothing10: the V100 run, 90 s at 1.91 USD/h
+    best = row(t.cheapest, dataset="clothing10", target=0.5)
+    assert best.run_id == "train-b" and best.cost == pytest.approx(90 / 3600 * 1.91) and best["runs reaching it"] == 3  # a, b and c
+
+
+def test_time_to_accuracy_is_the_train_loops_rule():
+    from studylib.record import EpochStats
+    from studylib.train import time_to_targets
+    hist = [epoch(1, 10.5, 1.25, 0.3), epoch(2, 9.0, 1.0, 0.61), epoch(3, 9.5, 1.5, 0.6), epoch(4, 9.0, 1.0, 0.9)]
+    secs, _ = time_to_targets([EpochStats(**h) for h in hist], [0.3, 0.6, 0.61, 0.62, 0.95])
+    for t, s in secs.items():
+        assert cost.time_to_accuracy(hist, float(t))[0] == s
+
+
+def test_serving_cost_per_million_predictions(records, book):
+    s = row(tables(records, book).serving, **{"deploy run": "deploy-a"})
+    # 250 predictions/s at 2.00 USD/h: 2.00 / 3600 / 250 * 1e6 = 2.2222 USD per million
+    assert s["train run"] == "train-a" and s["cost per million predictions"] == pytest.approx(2.0 / 3600 / 250 * 1e6)
+    assert s["p50 latency c=1 (ms)"] == 4.0 and s["test top-1"] == 0.70
+
+
+def test_projection_only_through_a_measured_ratio(records, book):
+    p = tables(records, book).projections
+    # run a (CPU) on the V100: its twin b measured 90 s/epoch vs 900 s -> ratio 0.1 -> 180 s -> 0.0955 USD
+    av = row(p, run_id="train-a", machine="gcp-v100-vm")
+    assert av.status == "projected" and av.ratio == pytest.approx(0.1) and av.train_cost == pytest.approx(0.0955)
+    # and b on this machine: ratio 10 -> 1800 s at 2.00 USD/h
+    bt = row(p, run_id="train-b", machine="this machine")
+    assert bt.status == "projected" and bt.train_cost == pytest.approx(1.00)
+    assert row(p, run_id="train-a", machine="this machine").status == "measured"
+    # no twin of c anywhere else, and nobody ran on a T4 or a c5.9xlarge: never a guess
+    for rid, m in [("train-c", "gcp-v100-vm"), ("train-a", "aws-ml.g4dn.xlarge"), ("train-a", "aws-ml.c5.9xlarge")]:
+        r = row(p, run_id=rid, machine=m)
+        assert r.status == cost.NOT_MEASURED and pd.isna(r.train_cost)
+    assert set(p.machine) == {"this machine", "gcp-v100-vm", "aws-ml.c5.9xlarge", "aws-ml.g4dn.xlarge"}  # no AutoML
+    matrix = cost.projection_matrix(p)
+    assert matrix.loc[("clothing10", "shufflenet_v2_x0_5", 0, "train-c"), "gcp-v100-vm"] == cost.NOT_MEASURED
+
+
+def test_hardware_without_a_price_stays_unpriced(records, book):
+    t = cost.cost_tables(records[:1], book, this_machine=["some other host (4 CPUs)"])
+    a = t.runs.iloc[0]
+    assert a.machine == cost.NO_PRICE and pd.isna(a.training_cost) and pd.isna(a.total_cost)
+    assert t.machines.iloc[0]["priced as"] == cost.NO_PRICE
+    # the user maps it by hand
+    t = cost.cost_tables(records[:1], book, this_machine=[], hardware_prices={CPU_LABEL: "aws-ml.c5.9xlarge"})
+    assert t.runs.iloc[0].training_cost == pytest.approx(0.5 * 2.448)
+    with pytest.raises(ParameterError, match="hardware_prices"):
+        cost.cost_tables(records[:1], book, this_machine=[], hardware_prices={CPU_LABEL: "gcp-automl-vision-cloud"})
+
+
+def test_missing_stages_cost_nothing_and_say_so(records, book):
+    only_train = [r for r in records if r["stage"] == "train"]
+    t = tables(only_train, book)
+    assert (t.runs.tuning_cost == 0).all() and t.serving.empty
+    assert any("No tune records" in n for n in t.notes) and any("No deploy records" in n for n in t.notes)
+
+
+def test_automl_rows_as_published_next_to_ours(records, book):
+    au = tables(records, book).automl
+    assert len(au) == 8
+    food_cloud = row(au, variant="Food-Cloud")
+    assert food_cloud["accuracy (published)"] == 0.77 and food_cloud["total (published)"] == 69.3
+    assert food_cloud["node-hours x price"] == pytest.approx(69.3)
+    # our resnet50 on food101 first reaches val top-1 0.77 at epoch 2: 7200 s = 2 h at 2.00 USD/h = 4.00 USD
+    assert food_cloud["our cost to match (val)"] == pytest.approx(4.00) and food_cloud["our best test top-1"] == 0.79
+    # Food-edge's 0.819 is beyond every epoch of ours
+    assert row(au, variant="Food-edge")["our cost to match (val)"] == cost.NOT_REACHED
+    # no sports-100 runs here
+    assert row(au, variant="Sports-Cloud")["our best test top-1"] == cost.NOT_RUN
+    # the published edge totals are not exactly node-hours x price (18 x 3.84 = 69.12, published 69.13)
+    edge = row(au, variant="Sports-edge")
+    assert edge["node-hours x price"] == pytest.approx(69.12) and edge["total (published)"] == 69.13
+
+
+def test_pareto_front():
+    import pandas as pd
+    pts = pd.DataFrame({"c": [1.0, 2.0, 3.0, 2.0, 0.5], "a": [0.5, 0.7, 0.6, 0.7, 0.4]})
+    # (3, 0.6) is beaten by (2, 0.7); the two (2, 0.7) tie and both stay
+    assert cost.pareto_front(pts, "c", "a").tolist() == [True, True, False, True, True]
+
+
+def test_figures_render(records, book):
+    t = tables(records, book)
+    fig = cost.pareto_figure(t.runs, t.serving)
+    assert len(fig.axes) == 4  # two datasets x (cost, latency)
+    fig2 = cost.breakdown_figure(t.breakdown)
+    assert fig2.axes[0].get_legend() is not None
+    bd = t.breakdown.set_index(["dataset", "model"])
+    assert bd.loc[("clothing10", "shufflenet_v2_x0_5"), "tuning"] == pytest.approx(1.5)
+    assert bd.loc[("food101", "(data prep, once per dataset)"), "data prep"] == pytest.approx(0.1)
+
+
+def test_cost_record_validates(records, book):
+    t = tables(records, book)
+    rec = cost.cost_record("cost-x", {"study": "s"}, "s", book, t, [CPU_LABEL])
+    CostRecord.model_validate(rec)
+    json.dumps(rec, allow_nan=False)
+    assert len(rec["runs"]) == 4 and rec["prices"]["this machine"]["price"] == 2.0
+
+
+# --------------------------------------------------------------------------- prices.yaml
+
+def test_prices_yaml_holds_the_reference_studies_prices():
+    book = cost.load_prices()
+    p = book.prices
+    assert p["gcp-v100-vm"].price == 1.91 and p["gcp-v100-vm"].unit == "hour"
+    assert p["gcp-automl-vision-cloud"].price == 3.465 and p["gcp-automl-vision-edge"].price == 18.00
+    assert p["gcp-automl-vision-edge"].unit == "node-hour"
+    # the c5.9xlarge price is the one its source derives from study 002's table: cost / (seconds / 3600)
+    src = p["aws-ml.c5.9xlarge"].source
+    pairs = re.findall(r"([\d.]+) / \(([\d.]+) / 3600\)", src)
+    assert len(pairs) == 6
+    study = (ROOT.parent / "shared" / "reference-studies").glob("002_*.txt")
+    text = next(study).read_text() if (ROOT.parent / "shared" / "reference-studies").exists() else None
+    for c, s in pairs:
+        if text is not None:
+            assert c in text and s in text
+        assert float(c) / (float(s) / 3600) == pytest.approx(p["aws-ml.c5.9xlarge"].price, abs=5e-5)
+    assert "NOT from reference study 004" in p["aws-ml.g4dn.xlarge"].source
+    assert all(x.source and x.date for x in p.values())
+
+
+def bad_yaml(tmp_path, mutate):
+    data = yaml.safe_load((ROOT / "params" / "prices.yaml").read_text())
+    mutate(data)
+    f = tmp_path / "prices.yaml"
+    f.write_text(yaml.safe_dump(data))
+    return f
+
+
+@pytest.mark.parametrize("mutate,message", [
+    (lambda d: d["prices"]["gcp-v100-vm"].update(price=-1.0),
+     "parameter 'prices.yaml: prices.gcp-v100-vm.price' is -1.0, but it must be a finite number, zero or more."),
+    (lambda d: d["prices"]["gcp-v100-vm"].update(currency="DOLLARS"),
+     "parameter 'prices.yaml: prices.gcp-v100-vm.currency' is 'DOLLARS', but it must be one of USD, EUR, GBP"),
+    (lambda d: d["prices"]["aws-ml.g4dn.xlarge"].pop("unit"),
+     "parameter 'prices.yaml: prices.aws-ml.g4dn.xlarge.unit' is missing, but it must be one of hour, node-hour."),
+    (lambda d: d["prices"].pop("this machine"),
+     "but it must be a mapping with an entry named 'this machine'."),
+])
+def test_bad_price_entry_is_one_clear_sentence(tmp_path, mutate, message):
+    with pytest.raises(ParameterError) as info:
+        cost.load_prices(bad_yaml(tmp_path, mutate))
+    assert message in str(info.value)
+    assert str(info.value).count(".") >= 1 and "\n" not in str(info.value)
+
+
+def test_this_machine_price_is_the_users():
+    book = cost.load_prices(this_machine_price=0.42)
+    assert book.prices["this machine"].price == 0.42 and "user" in book.prices["this machine"].source
+    with pytest.raises(ParameterError, match=r"parameter 'this_machine_price' is -3, but it must be a finite number, zero or more\."):
+        cost.load_prices(this_machine_price=-3)
+
+
+# --------------------------------------------------------------------------- the notebook, in a book
+
+def write_study(results: Path, study: str, recs: list[dict]) -> None:
+    d = results / study
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+
+
+@pytest.mark.slow
+def test_cost_notebook_renders_in_the_book(study_env, tmp_path, records):
+    import subprocess
+    import sys
+
+    import nbformat
+    import papermill as pm
+    import scrapbook as sb
+
+    write_study(Path(study_env["STUDYLIB_RESULTS"]), "fake", records)
+    book = tmp_path / "book"
+    (book / "cost").mkdir(parents=True)
+    out = book / "cost" / "cost-fake.ipynb"
+    pm.execute_notebook(str(ROOT / "notebooks" / "cost.ipynb"), str(out), cwd=str(tmp_path), progress_bar=False,
+                        kernel_name="python3", parameters={"study": "fake", "this_machine_price": 2.0,
+                                                           "this_machine_hardware": [CPU_LABEL]})
+    rec = CostRecord.model_validate(sb.read_notebook(str(out)).scraps["record"].data)
+    assert rec.status == "ok" and rec.study == "fake"
+    assert {r["run_id"] for r in rec.runs} == {"train-a", "train-b", "train-c", "train-d"}
+    assert next(r for r in rec.runs if r["run_id"] == "train-a")["total_cost"] == pytest.approx(1.06)
+    text = out.read_text()
+    assert cost.NOT_MEASURED in text and cost.NOT_RUN in text
+
+    # a two-page book: the executed cost page, and a page that pastes its figure and table from it
+    (book / "_config.yml").write_text("title: t\nexecute:\n  execute_notebooks: 'off'\nsphinx:\n  config:\n"
+                                      "    suppress_warnings: ['mystnb.unknown_mime_type']\n")
+    (book / "_toc.yml").write_text("format: jb-book\nroot: index\nchapters:\n- file: cost/cost-fake\n")
+    (book / "index.md").write_text(
+        "# Results\n\nThis machine costs {glue:text}`cost/cost-fake.ipynb::cost_this_machine_price:s`.\n\n"
+        "Accuracy against cost:\n\n```{glue} cost_pareto\n:doc: cost/cost-fake.ipynb\n```\n\n"
+        "```{glue} cost_runs_table\n:doc: cost/cost-fake.ipynb\n```\n")
+    jb = Path(sys.executable).parent / "jupyter-book"
+    done = subprocess.run([str(jb), "build", str(book), "--warningiserror"], capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    html = (book / "_build" / "html")
+    page = (html / "cost" / "cost-fake.html").read_text()
+    index = (html / "index.html").read_text()
+    # the Pareto and time figures are images on the cost page, and the pasted figure and table on the other
+    assert page.count("<img") >= 2 and "Pareto" in page
+    assert re.search(r"This machine costs (<[^>]+>)?2 USD per hour(<[^>]+>)?\.", index)  # a glued number
+    assert "<img" in index and "Accuracy against cost" in index            # the pasted figure
+    assert "shufflenet_v2_x0_5" in index and "resnet50" in index            # the pasted table
+    for src in re.findall(r'<img[^>]+src="([^"]+)"', page + index):
+        assert (html / "cost" / src).exists() or (html / src).exists(), src
+
+
+@pytest.mark.slow
+def test_cost_notebook_stops_on_a_bad_parameter(study_env, tmp_path, records):
+    import papermill as pm
+    write_study(Path(study_env["STUDYLIB_RESULTS"]), "fake", records)
+    with pytest.raises(pm.PapermillExecutionError) as info:
+        pm.execute_notebook(str(ROOT / "notebooks" / "cost.ipynb"), str(tmp_path / "bad.ipynb"), cwd=str(tmp_path),
+                            progress_bar=False, kernel_name="python3",
+                            parameters={"study": "fake", "this_machine_price": -1.0})
+    assert "parameter 'this_machine_price' is -1.0, but it must be a finite number, zero or more." in str(info.value)
+
+
+def test_deploy_fields_read_from_the_load_levels_when_no_summary():
+    d = {"load": [{"concurrency": 1, "throughput": 200.0, "p50_ms": 4.5},
+                  {"concurrency": 16, "throughput": 310.0, "p50_ms": 40.0}]}
+    assert cost.deploy_throughput(d) == 310.0 and cost.deploy_latency_ms(d) == 4.5
+    assert cost.per_million(0.0, 310.0) == 0.0 and cost.per_million(1.0, None) is None
