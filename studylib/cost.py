@@ -872,11 +872,19 @@ def _pareto_panel(ax, g: pd.DataFrame, x: str, y: str, xlabel: str, title: str) 
         ax.text(0.5, 0.5, "no priced runs", ha="center", va="center", transform=ax.transAxes)
         return
     front = pareto_front(g, x, y)
-    ax.scatter(g.loc[~front, x], g.loc[~front, y], color="0.6", label="dominated")
+    if (~front).any():
+        ax.scatter(g.loc[~front, x], g.loc[~front, y], color="0.6", label="dominated")
     f = g[front].sort_values(x)
     ax.plot(f[x], f[y], "o-", color="C3", label="Pareto front")
+    machines = g["machine"].nunique() > 1
     for _, r in g.iterrows():
-        ax.annotate(str(r["model"]), (r[x], r[y]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        label = str(r["model"])
+        same = g[(g["model"] == r["model"]) & (g["machine"] == r["machine"])]
+        if "seed" in g and len(same) > 1:
+            label += f" s{r['seed']}"
+        if machines:
+            label += f" @ {r['machine']}"
+        ax.annotate(label, (r[x], r[y]), fontsize=7, xytext=(3, 3), textcoords="offset points")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
 

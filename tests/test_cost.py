@@ -349,3 +349,13 @@ def test_deploy_fields_read_from_the_load_levels_when_no_summary():
                   {"concurrency": 16, "throughput": 310.0, "p50_ms": 40.0}]}
     assert cost.deploy_throughput(d) == 310.0 and cost.deploy_latency_ms(d) == 4.5
     assert cost.per_million(0.0, 310.0) == 0.0 and cost.per_million(1.0, None) is None
+
+
+def test_a_study_with_no_successful_run_still_renders(book):
+    failed = [{"run_id": "train-x", "stage": "train", "status": "failed", "params": PARAMS, "error": "boom"}]
+    t = cost.cost_tables(failed, book, this_machine=[CPU_LABEL])
+    assert t.runs.empty and t.targets.empty and t.projections.empty
+    assert (t.automl["our best test top-1"] == cost.NOT_RUN).all()
+    cost.pareto_figure(t.runs, t.serving), cost.breakdown_figure(t.breakdown)
+    assert cost.runs_view(t.runs).empty and cost.targets_view(t.targets).empty and cost.projection_matrix(t.projections).empty
+    CostRecord.model_validate(cost.cost_record("cost-x", {}, "s", book, t, [CPU_LABEL]))
