@@ -40,8 +40,10 @@ def sync_sources() -> None:
 
 
 def execute_page(page: str, study: str, log=print) -> bool:
-    """Run one report notebook for the study (atomically); a failure is reported and kept as .failed.ipynb."""
+    """Run one report notebook for the study (atomically); a failure is logged and kept as .failed.ipynb."""
     import papermill as pm
+
+    from .grid import KERNEL_ARGS
     out = report_path(page, study)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.stem + ".running.ipynb")
@@ -55,6 +57,7 @@ def execute_page(page: str, study: str, log=print) -> bool:
         log(f"[report] FAILED {page} page of study {study}: {what} (see {failed})")
         if tmp.exists():
             os.replace(tmp, failed)
+        out.unlink(missing_ok=True)   # no stale page from an earlier run
         return False
     hide_injected_parameters(tmp)
     os.replace(tmp, out)

@@ -581,19 +581,22 @@ def run_grid(path: str | Path, workers: int = 1, scheduler: Optional[str] = None
         signal.signal(signal.SIGTERM, old_handler)
     if status:
         return status
+    report_failed = False
     if not manifest.cells:
         log("nothing ran: no stage of this grid has a notebook yet")
     else:
         manifest.write()
         results.collect(grid.study)
         if report:
-            book.write_report(grid.study, log=log)
+            report_failed = book.write_report(grid.study, log=log) != 0
     failed = summary["failed"]
     print(f"study {grid.study}: {summary['ok']} ran ok, {summary['skipped']} skipped (already done), "
           f"{len(failed)} failed")
     for c, error in failed:
         print(f"  FAILED {c.run_id}: {error}\n         notebook: {book_dir() / failed_path(Path(c.notebook))}")
-    return 1 if failed else 0
+    if report_failed:
+        print("  FAILED a report page of the book: see the [report] lines above")
+    return 1 if failed or report_failed else 0
 
 
 # ---------------------------------------------------------------------------------------------

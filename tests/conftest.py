@@ -46,3 +46,31 @@ def tiny_imagefolder(tmp_path):
                 jitter = (i * 7) % 30
                 make_jpeg(tmp_path / "tiny" / split / cls / f"{i}.jpg", tuple(max(0, v - jitter) for v in c))
     return tmp_path / "tiny"
+
+
+@pytest.fixture(scope="session")
+def smoke_study(study_env, tmp_path_factory):
+    """params/smoke.yaml through the real CLI on two Dask workers, rerun, then the book built.
+
+    Shared by tests/test_grid.py and tests/test_book.py (one grid run per session)."""
+    import subprocess
+    import time
+    from types import SimpleNamespace
+
+    base = tmp_path_factory.mktemp("smoke")
+    env = {**os.environ, **study_env, "STUDYLIB_RUNS": str(base / "runs"),
+           "STUDYLIB_RESULTS": str(base / "results"), "STUDYLIB_BOOK": str(base / "book")}
+    grid = [str(VENV_BIN / "studylib"), "grid", "params/smoke.yaml"]
+    t0 = time.perf_counter()
+    first = subprocess.run(grid + ["--workers", "2"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    t1 = time.perf_counter()
+    done = {p.name: p.stat().st_mtime_ns for p in (base / "book" / "train").glob("*.ipynb")}
+    second = subprocess.run(grid + ["--no-report"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    t2 = time.perf_counter()
+    build = subprocess.run([str(VENV_BIN / "jupyter-book"), "build", str(base / "book")], cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=900)
+    t3 = time.perf_counter()
+    return SimpleNamespace(base=base, env=env, first=first, second=second, build=build, mtimes=done,
+                           book=base / "book", html=base / "book" / "_build" / "html",
+                           results=base / "results" / "smoke",
+                           seconds={"grid": t1 - t0, "rerun": t2 - t1, "build": t3 - t2})

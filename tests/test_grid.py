@@ -1,0 +1,279 @@
+"""The grid runner: grid files validated before any work, cells expanded, the smoke grid end to end
+(two Dask workers, a failure recorded, a rerun that skips what is done), and an interrupted grid."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+import nbformat
+import pandas as pd
+import pytest
+import yaml
+
+from studylib import grid as G
+from studylib.errors import ParameterError
+from studylib.record import TrainRecord
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
+
+
+def write_grid(tmp_path, text: str) -> Path:
+    path = tmp_path / "grid.yaml"
+    path.write_text(text)
+    return path
+
+
+# ---- grid files ------------------------------------------------------------------------------
+
+def test_shipped_grids_validate():
+    quick, cells = G.load_grid(ROOT / "params" / "quick.yaml")
+    train = cells["train"]
+    assert {c.params["model"] for c in train} == {"mnasnet0_5", "mobilenet_v3_small", "mobilenet_v3_large",
+                                                  "shufflenet_v2_x0_5", "shufflenet_v2_x1_0", "tiny_vit_5m_224",
+                                                  "smallvgg3_bn"}
+    assert all(c.params["dataset"] == "clothing10" and c.params["image_size"] == 64 for c in train)
+    seeds = {m: sorted(c.params["seed"] for c in train if c.params["model"] == m) for m in {c.params["model"] for c in train}}
+    assert seeds["shufflenet_v2_x0_5"] == seeds["mobilenet_v3_small"] == [0, 1]
+    assert seeds["mnasnet0_5"] == [0]
+    vit = [c for c in train if c.params["model"] == "tiny_vit_5m_224"]
+    assert vit[0].params["epochs"] == 2 and vit[0].params["epochs"] != [c for c in train if c.params["model"] == "mnasnet0_5"][0].params["epochs"]
+    assert [c.params["dataset"] for c in cells["data_prep"]] == ["clothing10"]
+    assert cells["data_prep"][0].params["image_sizes"] == [64]
+
+    full, cells = G.load_grid(ROOT / "params" / "full.yaml")
+    train = cells["train"]
+    assert {c.params["dataset"] for c in train} == {"clothing10", "stanford_dogs", "food101", "cifar10"}
+    study002 = [c for c in train if c.params["model"] == "mobilenet_v3_large"]
+    assert all(c.params["pretrained"] and c.params["image_size"] == 224 and c.params["optimizer"] == "adam"
+               and c.params["lr"] == 1e-4 and c.params["batch_size"] == 32 and c.params["epochs"] == 10
+               and not c.params["augment"] for c in study002)
+    assert {c.params["model"] for c in train} >= {"resnet50", "resnet101", "smallvgg1", "smallvgg3_bn_dropout"}
+    l2 = sorted(c.params["weight_decay"] for c in train if c.params["model"] == "smallvgg3")
+    assert l2 == [0.0, 5e-4]
+
+    smoke, cells = G.load_grid(ROOT / "params" / "smoke.yaml")
+    assert len(cells["train"]) == 3
+
+
+def test_cartesian_product_overrides_and_run_ids(tmp_path):
+    path = write_grid(tmp_path, """
+study: t
+stages: [train]
+train:
+  datasets: [clothing10]
+  models: [smallvgg1, smallvgg2]
+  seeds: [0]
+  lr: [1.0e-3, 3.0e-3]
+  image_size: 32
+  targets: [0.5, 0.9]          # a list-typed parameter: a value, not a sweep
+  overrides:
+    smallvgg2: {seeds: [0, 1], epochs: 3}
+""")
+    _, cells = G.load_grid(path)
+    train = cells["train"]
+    assert len(train) == 2 * (1 + 2)
+    assert all(c.params["targets"] == [0.5, 0.9] for c in train)
+    assert {c.params["epochs"] for c in train if c.params["model"] == "smallvgg2"} == {3}
+    assert {c.params["epochs"] for c in train if c.params["model"] == "smallvgg1"} == {10}
+    assert len({c.run_id for c in train}) == len(train)
+    c = train[0]
+    assert c.run_id.startswith("train-clothing10-smallvgg1-s0-") and c.notebook == f"train/{c.run_id}.ipynb"
+    assert "lr 0.001" in c.title
+    # the run id is the one train_run computes from the full, validated parameters
+    from studylib.params import TrainParams
+    from studylib.record import run_id
+    assert c.run_id == run_id("train", TrainParams.from_mapping(c.params).run_params())
+
+
+BAD = [
+    ("study: t\nstages: [train]\ntrain: {models: [resnet9000]}",
+     "parameter 'train.models' is 'resnet9000'"),
+    ("study: t\nstages: [train]\ntrain: {models: [smallvgg1], overrides: {smallvgg1: {lr: -1}}}",
+     "parameter 'train.overrides.smallvgg1.lr' is -1.0, but it must be a positive number."),
+    ("study: t\nstages: [train]\ntrain: {models: [smallvgg1], lrr: 0.1}",
+     "parameter 'train.lrr' is 0.1, but it must be one of the train parameters"),
+    ("study: t\nstages: [train]\ntrain: [{models: [smallvgg1]}, {models: [smallvgg1], epochs: 0}]",
+     "parameter 'train[1].epochs' is 0, but it must be a positive integer."),
+    ("study: t\nstages: [train]\ntrain: {models: [smallvgg1], overrides: {vit*: {epochs: 1}}}",
+     "parameter 'train.overrides.vit*' is 'vit*', but it must be a model of this block"),
+    ("study: t\nstages: [training]\ntrain: {models: [smallvgg1]}",
+     "parameter 'stages[0]' is 'training', but it must be 'data_prep', 'train', 'tune', 'deploy' or 'cost'."),
+    ("study: t\nstages: [train]\nmodels: [smallvgg1]",
+     "parameter 'models' is ['smallvgg1'], but it must be left out"),
+    ("stages: [train]\ntrain: {models: [smallvgg1]}",
+     "parameter 'study' is None, but it must be given"),
+    ("study: a study\nstages: [train]\ntrain: {models: [smallvgg1]}",
+     "parameter 'study' is 'a study', but it must be a name matching"),
+    ("study: t\nstages: [train]\ntrain: {datasets: [imagenet], models: [smallvgg1]}",
+     "parameter 'train.datasets' is 'imagenet', but it must be one of"),
+    ("study: t\nstages: [train]\ntrain: {models: [smallvgg1], root: no/such/folder}",
+     "parameter 'train.root' is 'no/such/folder', but it must be an existing folder"),
+    ("study: t\nstages: [tune]\ntune: {models: [smallvgg1], n_trials: 0}",
+     "parameter 'tune.n_trials' is 0, but it must be greater than 0."),
+    ("study: t\nstages: [train]\ntrain: {models: [smallvgg1]\n",
+     "but it must be valid YAML"),
+]
+
+
+@pytest.mark.parametrize("text,message", BAD, ids=[m.split("'")[1] if "'" in m else "yaml" for _, m in BAD])
+def test_bad_grid_is_one_sentence_before_any_work(tmp_path, text, message):
+    with pytest.raises(ParameterError) as info:
+        G.load_grid(write_grid(tmp_path, text))
+    assert message in str(info.value)
+    assert str(info.value).count("\n") == 0
+    assert not list(tmp_path.glob("*/")), "nothing is written while validating"
+
+
+def test_stage_section_keys_must_be_notebook_parameters(tmp_path, monkeypatch):
+    nbs = tmp_path / "notebooks"
+    nbs.mkdir()
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell('study = "quick"\nprices = ""')])
+    nb.cells[0].metadata["tags"] = ["parameters"]
+    nb.metadata["kernelspec"] = {"name": "python3", "language": "python", "display_name": "Python 3"}
+    nbformat.write(nb, nbs / "cost.ipynb")
+    monkeypatch.setattr(G, "notebooks_dir", lambda: nbs)
+    G.load_grid(write_grid(tmp_path, "study: t\nstages: [cost]\ncost: {prices: params/prices.yaml}"))
+    with pytest.raises(ParameterError, match=r"parameter 'cost.price' is 'x', but it must be a parameter of notebooks/cost.ipynb \(prices, study\)."):
+        G.load_grid(write_grid(tmp_path, "study: t\nstages: [cost]\ncost: {price: x}"))
+
+
+def test_cli_rejects_a_bad_grid_with_one_line(tmp_path):
+    path = write_grid(tmp_path, "study: t\nstages: [train]\ntrain: {models: [smallvgg1], lr: -2}")
+    out = subprocess.run([str(VENV_BIN / "studylib"), "grid", str(path)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    assert out.stderr.strip() == "error: parameter 'train.lr' is -2.0, but it must be a positive number."
+
+
+def test_deploy_best_is_chosen_on_validation_never_test(tmp_path, monkeypatch):
+    monkeypatch.setenv("STUDYLIB_RESULTS", str(tmp_path))
+    (tmp_path / "t").mkdir()
+    pd.DataFrame([
+        {"run_id": "a", "stage": "train", "status": "ok", "dataset": "d1", "model": "m1", "seed": 0, "val_top1": 0.6, "test_top1": 0.9, "train_seconds": 1.0},
+        {"run_id": "b", "stage": "train", "status": "ok", "dataset": "d1", "model": "m2", "seed": 0, "val_top1": 0.7, "test_top1": 0.5, "train_seconds": 1.0},
+        {"run_id": "c", "stage": "train", "status": "failed", "dataset": "d1", "model": "m3", "seed": 0, "val_top1": None, "test_top1": None, "train_seconds": None},
+        {"run_id": "d", "stage": "train", "status": "ok", "dataset": "d2", "model": "m1", "seed": 0, "val_top1": 0.3, "test_top1": 0.3, "train_seconds": 1.0},
+    ]).to_parquet(tmp_path / "t" / "runs.parquet")
+    g = G.Grid.model_validate({"study": "t", "stages": ["deploy"], "deploy": {"run": "best"}})
+    assert [c.params["run"] for c in G.expand_deploy(g, "t")] == ["b", "d"]
+    g = G.Grid.model_validate({"study": "t", "stages": ["deploy"], "deploy": {"run": ["a"]}})
+    assert [c.params for c in G.expand_deploy(g, "t")] == [{"run": "a"}]
+
+
+def test_cost_page_changes_when_the_study_gains_a_run():
+    g = G.Grid.model_validate({"study": "t", "stages": ["cost"]})
+    one = G.expand_cost(g, "t", ["r1", "r2"])[0]
+    assert one.params == {"study": "t"}
+    assert G.expand_cost(g, "t", ["r2", "r1"])[0].run_id == one.run_id
+    assert G.expand_cost(g, "t", ["r1", "r2", "r3"])[0].run_id != one.run_id
+
+
+def test_a_notebook_without_a_valid_record_is_not_done(tmp_path):
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("1")])
+    path = tmp_path / "x.ipynb"
+    nbformat.write(nb, path)
+    assert G.valid_record(path, "train") is None            # ran, but glued nothing
+    path.write_text(path.read_text()[:40])
+    assert G.valid_record(path, "train") is None            # half-written
+    assert G.valid_record(tmp_path / "missing.ipynb", "train") is None
+
+
+# ---- the smoke grid, end to end ------------------------------------------------------------------
+
+def _interval(row):
+    return datetime.fromisoformat(row.started_at), datetime.fromisoformat(row.finished_at)
+
+
+@pytest.mark.slow
+def test_smoke_grid_end_to_end(smoke_study, monkeypatch):
+    s = smoke_study
+    print("seconds:", s.seconds)
+    first = s.first.stdout + s.first.stderr
+    assert s.first.returncode == 1, first
+    assert "study smoke: 2 ran ok, 0 skipped (already done), 1 failed" in s.first.stdout, first
+    assert "FAILED train-imagefolder-smallvgg1-s0-" in s.first.stdout
+
+    monkeypatch.setenv("STUDYLIB_RESULTS", str(s.base / "results"))
+    from studylib.results import load_epochs, load_records, load_runs
+    runs = load_runs("smoke")
+    assert len(runs) == 3 and set(runs.stage) == {"train"}
+    ok, failed = runs[runs.status == "ok"], runs[runs.status == "failed"]
+    assert sorted(ok.model) == ["shufflenet_v2_x0_5", "smallvgg1"] and set(ok.dataset) == {"clothing10"}
+    assert len(failed) == 1 and failed.iloc[0].dataset == "imagefolder"
+    assert failed.iloc[0].error.startswith("DatasetUnavailable: dataset 'imagefolder' root 'tests/data/no_images'")
+    assert (ok.test_top1.between(0, 1)).all() and (ok.images_per_second > 0).all() and (ok.param_count > 0).all()
+    assert (runs.notebook_seconds > 0).all() and (runs.startup_seconds > 0).all()
+    assert (s.results / "runs.csv").exists()
+    assert len(load_epochs("smoke")) == 2
+
+    records = load_records("smoke", stage="train")
+    assert len(records) == 3
+    good = [r for r in records if r["status"] == "ok"]
+    assert len(good) == 2
+    for r in good:
+        TrainRecord.model_validate(r)
+        assert r["notebook"] == f"train/{r['run_id']}.ipynb"   # the record's id is the cell's id
+    bad = [r for r in records if r["status"] == "failed"][0]
+    assert bad["params"]["root"] == "tests/data/no_images" and bad["notebook"].endswith(".failed.ipynb")
+
+    # the failed notebook is kept, partial, with its traceback; nothing is left half-written
+    nb = nbformat.read(s.book / bad["notebook"], as_version=4)
+    tracebacks = [o for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    assert tracebacks and tracebacks[0]["ename"] == "DatasetUnavailable"
+    assert not list(s.book.rglob("*.running.ipynb"))
+    manifest = json.loads((s.results / "cells.json").read_text())
+    assert len(manifest["cells"]) == 3
+
+    # two workers ran two cells at once
+    rows = list(runs.itertuples())
+    overlapping = [(a.run_id, b.run_id) for i, a in enumerate(rows) for b in rows[i + 1:]
+                   if _interval(a)[0] < _interval(b)[1] and _interval(b)[0] < _interval(a)[1] and a.worker != b.worker]
+    assert overlapping, runs[["run_id", "worker", "started_at", "finished_at"]]
+
+    # the rerun skips both finished cells (their notebooks untouched) and retries the failed one
+    second = s.second.stdout + s.second.stderr
+    assert s.second.returncode == 1, second
+    for r in good:
+        assert f"skip   {r['run_id']}" in second
+    assert "study smoke: 0 ran ok, 2 skipped (already done), 1 failed" in s.second.stdout
+    after = {p.name: p.stat().st_mtime_ns for p in (s.book / "train").glob("*.ipynb") if ".failed" not in p.name}
+    assert after == {k: v for k, v in s.mtimes.items() if ".failed" not in k} and len(after) == 2
+
+    # the book: built, with the results table and a page per run
+    assert s.build.returncode == 0, s.build.stdout[-3000:] + s.build.stderr[-3000:]
+    toc = yaml.safe_load((s.book / "_toc.yml").read_text())
+    pages = [ch["file"] for part in toc["parts"] for ch in part["chapters"]]
+    assert "results/results-smoke" in pages and "results/methods-smoke" in pages and "reference_studies" in pages
+    assert sum(p.startswith("train/") and not p.endswith(".failed") for p in pages) == 2
+    html = (s.html / "results" / "results-smoke.html").read_text()
+    assert "Results on clothing10 (test split)" in html and "<table" in html
+    for heading in ("params (M)", "size (MB)", "GMACs", "test top-1", "balanced accuracy", "train minutes", "images/s"):
+        assert heading in html
+    for model in ("smallvgg1", "shufflenet_v2_x0_5"):
+        assert model in html
+    for r in good:
+        assert (s.html / "train" / f"{r['run_id']}.html").exists()
+    # numbers in the text are glued: the count of training runs is the table's, not typed
+    assert 'study <span class="pasted-text">smoke</span> measured: <span class="pasted-text">2</span> training runs' in html
+
+
+@pytest.mark.slow
+def test_interrupted_grid_resumes(study_env, tmp_path):
+    """Ctrl-C while a cell runs: the runner stops, leaves no finished-looking notebook, and says how to resume."""
+    env = {**os.environ, **study_env, "STUDYLIB_RESULTS": str(tmp_path / "results"), "STUDYLIB_BOOK": str(tmp_path / "book"),
+           "STUDYLIB_RUNS": str(tmp_path / "runs")}
+    proc = subprocess.Popen([str(VENV_BIN / "studylib"), "grid", "params/smoke.yaml", "--no-report"], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not list((tmp_path / "book").rglob("*.running.ipynb")):
+        time.sleep(0.2)
+    assert list((tmp_path / "book").rglob("*.running.ipynb")), "no cell started"
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out
+    assert "interrupted: finished runs are kept; run the same command again to resume" in out
+    assert not list((tmp_path / "book").rglob("train-clothing10-*[0-9a-f].ipynb")), "an interrupted cell must not look finished"
