@@ -299,7 +299,8 @@ def expand_cost(grid: Grid, study: str, owned: list[str]) -> list[Cell]:
     a new run gives a new cost page, an unchanged study skips it."""
     params = {"study": study, **(grid.cost.model_extra or {})}
     rid = f"cost-{study}-{params_hash({'params': params, 'runs': sorted(owned)})}"
-    return [Cell("cost", rid, params, title=f"cost of study {study}")]
+    # the notebook's record takes the cell's id (cost.ipynb's cost_run_id parameter)
+    return [Cell("cost", rid, {**params, "cost_run_id": rid}, title=f"cost of study {study}")]
 
 
 def check_notebook_parameters(stage: str, extra: dict) -> None:

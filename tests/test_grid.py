@@ -167,7 +167,7 @@ def test_deploy_best_is_chosen_on_validation_never_test(tmp_path, monkeypatch):
 def test_cost_page_changes_when_the_study_gains_a_run():
     g = G.Grid.model_validate({"study": "t", "stages": ["cost"]})
     one = G.expand_cost(g, "t", ["r1", "r2"])[0]
-    assert one.params == {"study": "t"}
+    assert one.params == {"study": "t", "cost_run_id": one.run_id}
     assert G.expand_cost(g, "t", ["r2", "r1"])[0].run_id == one.run_id
     assert G.expand_cost(g, "t", ["r1", "r2", "r3"])[0].run_id != one.run_id
 
