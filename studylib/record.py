@@ -134,3 +134,49 @@ class CostRecord(Record):
     automl: list[dict]           # study 000's published rows next to ours
     published_source: str
     notes: list[str]
+
+
+# --- stage "deploy" (studylib/export.py, serve.py, loadtest.py, notebooks/deploy.ipynb) ---------
+
+class LoadLevel(BaseModel):
+    concurrency: int
+    requests: int                # measured requests (warm-up excluded)
+    errors: int                  # replies other than 200
+    seconds: float               # the measured window
+    throughput: float            # requests per second
+    p50_ms: Optional[float]
+    p90_ms: Optional[float]
+    p99_ms: Optional[float]
+    mean_ms: Optional[float]
+
+
+class DeployRecord(Record):
+    stage: str = "deploy"
+    train_run_id: str            # the served train run
+    dataset: str
+    model: str
+    image_size: int
+    backend: str                 # onnx | torch
+    precision: str               # fp32 | int8
+    device: str
+    hardware: dict
+    versions: dict
+    export: dict                 # files, sizes_mb, seconds; checks per format: max_abs_diff, top1_agreement, top1
+    sizes_mb: dict[str, float]   # checkpoint, torch_export, onnx, onnx_int8
+    pytorch_top1: float          # test top-1 of the checkpoint, recomputed offline
+    onnx_top1: float
+    int8_top1: Optional[float]
+    int8_top1_change: Optional[float]  # int8 - fp32 ONNX test top-1
+    int8_size_ratio: Optional[float]   # int8 / fp32 ONNX file size
+    served: dict                 # every test image once: images, agreement with offline top-1, mismatches, latency
+    served_agreement: float      # share of test images whose served top-1 equals the offline PyTorch top-1
+    served_top1: float           # served top-1 accuracy on the test split
+    load: list[LoadLevel]        # one row per concurrency
+    throughput: float            # the best HTTP throughput over the concurrency levels, requests per second
+    latency_p50_ms: float        # HTTP p50 at concurrency 1
+    ceiling: dict                # in-process: latency percentiles, model-only latency, batched images/s
+    inprocess_p50_ms: float      # in-process p50 of the same per-request work
+    http_overhead_ms: float      # latency_p50_ms - inprocess_p50_ms
+    server: dict                 # command, threads, workers, startup seconds, alive after the test
+    started_at: str
+    finished_at: str

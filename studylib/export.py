@@ -1,0 +1,255 @@
+"""Export a trained run for serving and for the edge, and check each export against PyTorch.
+
+A trained run is runs/<run_id>/ with record.json and model.pt. Exports land next to the
+checkpoint, each written under a temporary name and renamed into place:
+
+- model.pt2        torch.export program (dynamic batch)
+- model.onnx       ONNX, from the same program (dynamic batch; input "images", output "logits")
+- model.int8.onnx  ONNX Runtime static int8 post-training quantization (QDQ, per-channel weights),
+                   calibrated on train images
+
+Every export is checked on the run's test split against the PyTorch checkpoint: the largest
+absolute logit difference and the share of images on which top-1 agrees, plus its own test top-1.
+The inputs are the evaluation's: the cached uint8 test tensors normalised with the run's mean/std.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import ParameterError
+from .paths import runs_dir
+
+INPUT, OUTPUT = "images", "logits"
+FILES = {"checkpoint": "model.pt", "torch_export": "model.pt2", "onnx": "model.onnx", "onnx_int8": "model.int8.onnx"}
+
+
+# ---------------------------------------------------------------- runs and files
+
+def resolve_run(run: str) -> tuple[Path, dict]:
+    """A run id (looked up in runs/) or a run folder -> (folder, train record). ParameterError if neither."""
+    if not run or not str(run).strip():
+        raise ParameterError("run", run, "a train run id (a folder in runs/) or a run folder holding record.json and model.pt")
+    candidates = [Path(run), runs_dir() / str(run)]
+    for folder in candidates:
+        if (folder / "record.json").is_file():
+            record = json.loads((folder / "record.json").read_text())
+            if record.get("stage", "train") != "train" or record.get("status", "ok") != "ok":
+                raise ParameterError("run", run, "a finished train run (status 'ok'), not a failed or non-train record")
+            checkpoint = folder / FILES["checkpoint"]
+            if not checkpoint.is_file():
+                raise ParameterError("run", run, f"a run folder with its checkpoint {FILES['checkpoint']}")
+            record["checkpoint"] = str(checkpoint)  # the folder may have moved since training
+            return folder.resolve(), record
+    raise ParameterError("run", run, f"a train run id in {runs_dir()} or a run folder holding record.json and model.pt")
+
+
+def file_mb(path: Path) -> float:
+    """File size in MB (10^6 bytes), the unit of studylib.models.size_mb."""
+    return os.path.getsize(path) / 1e6
+
+
+def _atomic(path: Path, write) -> Path:
+    """Call write(tmp_path) and rename the result onto path, so readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+# ---------------------------------------------------------------- preprocessing
+
+def normalise(images_u8: torch.Tensor, mean, std) -> torch.Tensor:
+    """N x 3 x S x S uint8 -> float32, with exactly the operations of studylib.loader.TensorBatches."""
+    m = torch.tensor(mean).view(1, 3, 1, 1) * 255
+    s = torch.tensor(std).view(1, 3, 1, 1) * 255
+    return ((images_u8.float() - m) / s).contiguous()
+
+
+# ---------------------------------------------------------------- exports
+
+def export_program(model: torch.nn.Module, image_size: int, path: Path):
+    """torch.export the model with a dynamic batch dimension; save it to path (.pt2)."""
+    example = torch.zeros(2, 3, image_size, image_size)
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    program = torch.export.export(model.eval(), (example,), dynamic_shapes=({0: batch},))
+    _atomic(Path(path), lambda tmp: torch.export.save(program, tmp))
+    return program
+
+
+def export_onnx(program, path: Path, opset: int = 18) -> Path:
+    """Translate a torch.export program into one self-contained ONNX file (dynamic batch)."""
+    onnx_program = torch.onnx.export(program, input_names=[INPUT], output_names=[OUTPUT],
+                                     opset_version=opset, dynamo=True, verbose=False)
+    return _atomic(Path(path), lambda tmp: onnx_program.save(tmp, external_data=False))
+
+
+class _Calibration:
+    """ONNX Runtime CalibrationDataReader over normalised uint8 images, in batches."""
+
+    def __init__(self, images: torch.Tensor, batch_size: int = 32):
+        self.batches = [images[i:i + batch_size].numpy() for i in range(0, len(images), batch_size)]
+        self.i = 0
+
+    def get_next(self):
+        if self.i >= len(self.batches):
+            return None
+        self.i += 1
+        return {INPUT: self.batches[self.i - 1]}
+
+    def rewind(self):
+        self.i = 0
+
+
+def quantize_int8(onnx_path: Path, path: Path, calibration: torch.Tensor) -> Path:
+    """Static int8 post-training quantization (QDQ, per-channel int8 weights, uint8 activations,
+    min/max calibration on the given normalised images)."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    with tempfile.TemporaryDirectory(prefix="quant-") as tmp:
+        prepared = Path(tmp) / "prepared.onnx"
+        quant_pre_process(str(onnx_path), str(prepared))  # shape inference and graph folding first
+        _atomic(Path(path), lambda out: quantize_static(
+            str(prepared), out, _Calibration(calibration), quant_format=QuantFormat.QDQ, per_channel=True,
+            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.MinMax))
+    return Path(path)
+
+
+# ---------------------------------------------------------------- running and checking
+
+def onnx_session(path: Path, threads: int = 0, spinning: bool = True):
+    """An ONNX Runtime CPU session; threads=0 lets ONNX Runtime choose (one per physical core)."""
+    import onnxruntime as ort
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if not spinning:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+def logits_of(predict, images: torch.Tensor, batch_size: int = 128) -> np.ndarray:
+    """Logits of every image, in batches: predict(float32 N x 3 x S x S numpy) -> N x C numpy."""
+    return np.concatenate([np.asarray(predict(images[i:i + batch_size].numpy()), dtype=np.float32)
+                           for i in range(0, len(images), batch_size)])
+
+
+def torch_predict(model: torch.nn.Module):
+    def predict(x: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return model(torch.from_numpy(x)).float().numpy()
+    return predict
+
+
+def session_predict(session):
+    return lambda x: session.run([OUTPUT], {INPUT: x})[0]
+
+
+def compare(reference: np.ndarray, logits: np.ndarray, labels: np.ndarray) -> dict:
+    """Max absolute logit difference, top-1 agreement with the reference, and test top-1."""
+    return {
+        "max_abs_diff": float(np.abs(reference - logits).max()) if len(logits) else 0.0,
+        "top1_agreement": float((reference.argmax(1) == logits.argmax(1)).mean()) if len(logits) else 1.0,
+        "top1": float((logits.argmax(1) == labels).mean()) if len(logits) else 0.0,
+    }
+
+
+@dataclass
+class ExportResult:
+    summary: dict                 # the `export` part of the deploy record
+    files: dict[str, Path]        # format -> file
+    offline_top1: dict[str, np.ndarray]  # format (pytorch, onnx, onnx_int8) -> top-1 class index per test image
+    labels: np.ndarray
+    names: list[str]              # test image names, in the order of offline_top1
+
+
+def run_data(record: dict):
+    """The run's dataset splits as cached uint8 tensors (studylib.run.load_run_data)."""
+    from .params import TrainParams
+    from .run import load_run_data
+    return load_run_data(TrainParams.from_mapping(record["params"]))
+
+
+def export_run(run: str, calibration_images: int = 256, int8: bool = True, data=None) -> ExportResult:
+    """Export a trained run to torch.export, ONNX and int8 ONNX, and check each on the test split."""
+    if calibration_images < 1:
+        raise ParameterError("calibration_images", calibration_images, "a positive integer")
+    from .run import load_checkpoint
+    folder, record = resolve_run(run)
+    data = data or run_data(record)
+    mean, std, size = record["data"]["mean"], record["data"]["std"], record["image_size"]
+    test = data.splits["test"]
+    x_test = normalise(test.images, mean, std)
+    labels = test.labels.numpy()
+
+    model = load_checkpoint(record, "cpu")
+    files = {k: folder / v for k, v in FILES.items()}
+    summary: dict = {"test_images": len(labels), "files": {}, "checks": {}, "sizes_mb": {}, "seconds": {}}
+
+    t0 = time.perf_counter()
+    reference = logits_of(torch_predict(model), x_test)
+    summary["seconds"]["pytorch_test_pass"] = time.perf_counter() - t0
+    summary["checks"]["pytorch"] = compare(reference, reference, labels)
+
+    t0 = time.perf_counter()
+    program = export_program(model, size, files["torch_export"])
+    summary["seconds"]["torch_export"] = time.perf_counter() - t0
+    loaded = torch.export.load(str(files["torch_export"])).module()
+    summary["checks"]["torch_export"] = compare(reference, logits_of(torch_predict(loaded), x_test), labels)
+
+    t0 = time.perf_counter()
+    export_onnx(program, files["onnx"])
+    summary["seconds"]["onnx"] = time.perf_counter() - t0
+    fp32 = logits_of(session_predict(onnx_session(files["onnx"])), x_test)
+    summary["checks"]["onnx"] = compare(reference, fp32, labels)
+    top1 = {"pytorch": reference.argmax(1), "onnx": fp32.argmax(1)}
+
+    if int8:
+        train = data.splits["train"]
+        g = torch.Generator().manual_seed(record["params"].get("seed", 0))
+        pick = torch.randperm(len(train), generator=g)[:calibration_images].sort().values
+        t0 = time.perf_counter()
+        quantize_int8(files["onnx"], files["onnx_int8"], normalise(train.images[pick], mean, std))
+        summary["seconds"]["onnx_int8"] = time.perf_counter() - t0
+        q = logits_of(session_predict(onnx_session(files["onnx_int8"])), x_test)
+        summary["checks"]["onnx_int8"] = compare(reference, q, labels)
+        summary["checks"]["onnx_int8"]["top1_agreement_with_onnx"] = float((q.argmax(1) == fp32.argmax(1)).mean())
+        summary["calibration_images"] = int(len(pick))
+        top1["onnx_int8"] = q.argmax(1)
+    else:
+        files.pop("onnx_int8")
+    for k, p in files.items():
+        summary["files"][k] = str(p)
+        summary["sizes_mb"][k] = file_mb(p)
+    return ExportResult(summary, files, top1, labels, list(test.names))
+
+
+def ensure_onnx(folder: Path, record: dict, int8: bool = False) -> Path:
+    """The run's ONNX file (int8 or fp32), exporting it first when it is missing or older than the checkpoint."""
+    path = folder / FILES["onnx_int8" if int8 else "onnx"]
+    checkpoint = folder / FILES["checkpoint"]
+    if path.is_file() and path.stat().st_mtime >= checkpoint.stat().st_mtime:
+        return path
+    if int8:  # calibration needs the run's train images
+        export_run(str(folder), int8=True)
+    else:     # fp32 needs only the checkpoint
+        from .run import load_checkpoint
+        program = export_program(load_checkpoint(record, "cpu"), record["image_size"], folder / FILES["torch_export"])
+        export_onnx(program, path)
+    return path
