@@ -31,6 +31,7 @@ from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 import numpy as np
 from PIL import Image
@@ -167,7 +168,8 @@ class DataPrepParams(BaseModel):
             raise ParameterError("root", self.root, "a folder or URI of root/<split>/<class>/<image> for dataset 'imagefolder'")
         root = self.root or default_root(self.dataset)
         if storage.is_uri(root):
-            if storage.redact(root) != root.rstrip("?"):
+            parts = urlsplit(root)
+            if parts.username or parts.password or parts.query:
                 raise ParameterError("root", storage.redact(root), "a URI without credentials or a query in it; "
                                      "the storage library reads credentials from the environment")
             protocol = root.split("://", 1)[0]
@@ -188,9 +190,10 @@ class DataPrepParams(BaseModel):
                                          "was made with (set resplit=True to replace it)")
         return self
 
-    def record_params(self) -> dict:
-        """What the record keeps: every parameter, the root without credentials."""
-        out = self.model_dump()
+    def run_params(self) -> dict:
+        """The parameters that define the run (what the run id hashes, what the record keeps): all but
+        `workers`, which changes only the speed; the root without credentials."""
+        out = self.model_dump(exclude={"workers"})
         out["root"] = storage.redact(self.root)
         return out
 
@@ -401,7 +404,9 @@ def _box_problems(ds: Dataset, facts: list[ImageFacts]) -> list[dict]:
 
 def check_integrity(ds: Dataset, workers: int = 0) -> Integrity:
     """Read every image once (fetching it first in lazy mode), verify the checksum list, find duplicates."""
-    workers = workers or min(8, os.cpu_count() or 1)
+    if not workers:  # fetching waits on the network, decoding on the CPU: more threads for lazy fetching
+        lazy = ds.store is not None and ds.store.mode == "lazy"
+        workers = min(32, 4 * (os.cpu_count() or 1)) if lazy else min(8, os.cpu_count() or 1)
     t0 = time.perf_counter()
     jobs = [(s, i) for s in SPLITS for i in range(len(ds.splits[s]))]
     with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -595,7 +600,7 @@ def data_prep_record(params: DataPrepParams, card: dict, started_at: str) -> dic
             versions[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
             pass
-    rp = params.record_params()
+    rp = params.run_params()
     return DataPrepRecord(
         run_id=run_id("data_prep", rp), params=rp, dataset=card["dataset"], root=card["root"],
         classes=card["classes"], num_classes=card["num_classes"], sizes=card["sizes"],
