@@ -93,6 +93,85 @@ def failed_record(stage: str, params: dict, error: str, rid: str | None = None) 
                   params=params, error=error).model_dump(mode="json")
 
 
+# --- stage "tune" (studylib/tuning.py, notebooks/tune.ipynb) ------------------------------------
+
+class TuneTrial(BaseModel):
+    number: int
+    state: str                   # COMPLETE | PRUNED | FAIL | RUNNING | WAITING
+    value: Optional[float]       # final val top-1 (None unless COMPLETE)
+    params: dict
+    intermediate: list[float]    # val top-1 reported after each epoch
+    seconds: Optional[float]
+    worker: Optional[str]        # host:pid that ran it
+
+
+class TuneRecord(Record):
+    stage: str = "tune"
+    dataset: str
+    model: str
+    image_size: int
+    epochs: int                  # the budget of one trial
+    study_name: str
+    storage: str                 # Optuna storage URL, password hidden
+    search_space: dict           # parameter -> Optuna distribution as JSON
+    pruner: str
+    sampler: str
+    device: str
+    hardware: dict
+    versions: dict
+    n_trials: int                # total wanted (complete + pruned, all workers)
+    trial_counts: dict[str, int] # per state, the whole study
+    trials: list[TuneTrial]
+    trials_this_process: list[int]
+    best_trial: int
+    best_params: dict
+    best_val_top1: float         # the search's objective: validation, never test
+    worst_trial: int
+    worst_params: dict
+    worst_val_top1: float
+    default_val_top1: float      # default hyperparameters, same budget and loop
+    val_gain: float
+    retrained_val_top1: float    # the best configuration retrained by train_run (reproduces the trial on CPU)
+    tuned_run_id: str
+    tuned_test_top1: float
+    tuned_reused: bool
+    default_run_id: str
+    default_test_top1: float
+    default_reused: bool
+    test_gain: float             # tuned - default test top-1
+    complete_seconds: float      # summed trial durations, the whole study (all workers)
+    pruned_seconds: float
+    failed_seconds: float
+    tuning_seconds: float        # complete + pruned + failed: the machine time the search cost
+    epochs_trained: int
+    epochs_saved_by_pruning: int
+    process_seconds: float       # this process's wall time in the search
+    data_seconds: float          # this process's data loading (once, reused by every trial)
+    retrain_seconds: float       # train seconds of the best configuration's run (0 when reused)
+    default_seconds: float       # train seconds of the default run (0 when reused)
+    started_at: str
+    finished_at: str
+
+
+# --- stage "cost" (studylib/cost.py, notebooks/cost.ipynb) ------------------------------------
+
+class CostRecord(Record):
+    stage: str = "cost"
+    study: str
+    prices: dict[str, dict]      # every price entry used (this machine's after the user's override)
+    this_machine: list[str]      # the hardware labels priced as "this machine"
+    machines: list[dict]         # hardware label -> price entry, for every hardware in the records
+    runs: list[dict]             # one priced row per successful train run (and per tuned run)
+    targets: list[dict]          # time- and cost-to-accuracy per run and val top-1 target (DAWNBench)
+    cheapest: list[dict]         # per dataset and target, the cheapest run to reach it
+    serving: list[dict]          # per deploy record: throughput, p50 latency, cost per million predictions
+    projections: list[dict]      # per run and machine: measured, projected from a measured ratio, or not measured
+    time_breakdown: list[dict]   # hours in data prep, tuning, training, evaluation per dataset and model
+    automl: list[dict]           # study 000's published rows next to ours
+    published_source: str
+    notes: list[str]
+
+
 # --- stage "data_prep" (studylib/dataprep.py, notebooks/data_prep.ipynb) ------------------------
 
 class DataPrepRecord(Record):
@@ -115,25 +194,6 @@ class DataPrepRecord(Record):
     versions: dict
     started_at: str
     finished_at: str
-
-
-# --- stage "cost" (studylib/cost.py, notebooks/cost.ipynb) ------------------------------------
-
-class CostRecord(Record):
-    stage: str = "cost"
-    study: str
-    prices: dict[str, dict]      # every price entry used (this machine's after the user's override)
-    this_machine: list[str]      # the hardware labels priced as "this machine"
-    machines: list[dict]         # hardware label -> price entry, for every hardware in the records
-    runs: list[dict]             # one priced row per successful train run (and per tuned run)
-    targets: list[dict]          # time- and cost-to-accuracy per run and val top-1 target (DAWNBench)
-    cheapest: list[dict]         # per dataset and target, the cheapest run to reach it
-    serving: list[dict]          # per deploy record: throughput, p50 latency, cost per million predictions
-    projections: list[dict]      # per run and machine: measured, projected from a measured ratio, or not measured
-    time_breakdown: list[dict]   # hours in data prep, tuning, training, evaluation per dataset and model
-    automl: list[dict]           # study 000's published rows next to ours
-    published_source: str
-    notes: list[str]
 
 
 # --- stage "deploy" (studylib/export.py, serve.py, loadtest.py, notebooks/deploy.ipynb) ---------

@@ -1,0 +1,588 @@
+"""Hyperparameter search with Optuna: one shared, resumable study per (model, dataset, budget).
+
+Each trial is one training run through the study's own loop (`studylib.train.fit`, set up
+with `studylib.run`'s pieces), scored on validation top-1 (never test) and reported to the
+pruner after every epoch. Epochs are the pruner's budget, not a searched value.
+
+The study lives in an Optuna storage (a SQLite file under results/ by default, PostgreSQL or
+MySQL across hosts). Rerunning continues it: `n_trials` is the total wanted, counting
+complete and pruned trials, so several workers can tune one study at once and stop together.
+Create the study once before starting workers (`prepare_study`): concurrent first creation
+of a database races.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import optuna
+import pandas as pd
+import torch
+import yaml
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.trial import TrialState
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from torch import nn
+
+from . import environment
+from .errors import ParameterError, StudyError
+from .params import TrainParams
+from .paths import results_dir, runs_dir
+from .record import TrainRecord, TuneRecord, run_id
+from .run import batches, build_model, load_run_data, now, seed_everything, train_run
+from .train import build_optimizer, build_schedule, fit
+
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+# What a trial may vary: train parameters that do not change the data or the budget.
+SEARCHABLE = ("lr", "batch_size", "weight_decay", "optimizer", "label_smoothing", "augment",
+              "schedule", "head", "finetune")
+
+# The default space. A list is a categorical choice; a mapping is a range (log scale with log: true).
+DEFAULT_SPACE: dict[str, Any] = {
+    "lr": {"low": 3e-4, "high": 5e-2, "log": True},
+    "batch_size": [32, 64, 128],
+    "weight_decay": {"low": 1e-6, "high": 1e-2, "log": True},
+    "optimizer": ["adamw", "adam", "sgd"],
+    "label_smoothing": {"low": 0.0, "high": 0.2},
+    "augment": [True, False],
+}
+
+STORAGE_SCHEMES = ("sqlite", "postgresql", "mysql")
+# A worker beats every HEARTBEAT_SECONDS; a running trial silent for GRACE_SECONDS belonged to a worker
+# that died: the next worker to start marks it failed and runs its parameters again (once).
+HEARTBEAT_SECONDS, GRACE_SECONDS = 30, 120
+COUNTED = (TrialState.COMPLETE, TrialState.PRUNED)  # what n_trials counts
+
+
+# --------------------------------------------------------------------------- parameters
+
+def default_storage() -> str:
+    return f"sqlite:///{(results_dir() / 'optuna.sqlite3').resolve()}"
+
+
+def parse_space(spec: Union[dict, str, None]) -> dict[str, optuna.distributions.BaseDistribution]:
+    """A search space from a dict, a YAML file path, or YAML text ("" or None: DEFAULT_SPACE).
+
+    Every bound and choice is checked against TrainParams, so a bad space fails before any trial.
+    """
+    if spec is None or spec == "" or spec == {}:
+        spec = DEFAULT_SPACE
+    if isinstance(spec, str):
+        text = spec
+        if spec.strip().endswith((".yaml", ".yml")):
+            path = Path(spec).expanduser()
+            if not path.is_file():
+                raise ParameterError("search_space", spec, "an existing YAML file, YAML text or a dict")
+            text = path.read_text()
+        try:
+            spec = yaml.safe_load(text)
+        except yaml.YAMLError:
+            raise ParameterError("search_space", spec, "valid YAML: a mapping of parameter to range or choices") from None
+        if isinstance(spec, dict) and isinstance(spec.get("search_space"), dict):
+            spec = spec["search_space"]
+    if not isinstance(spec, dict) or not spec:
+        raise ParameterError("search_space", spec, "a non-empty mapping of parameter to a range or a list of choices")
+    space = {}
+    for name, entry in spec.items():
+        if name == "epochs":
+            raise ParameterError("search_space", "epochs",
+                                 "free of 'epochs', which is the pruner's budget (set the parameter epochs)")
+        if name not in SEARCHABLE:
+            raise ParameterError("search_space", name, f"made of {', '.join(SEARCHABLE)}")
+        space[name] = _distribution(name, entry)
+    return space
+
+
+def _check_value(name: str, value) -> None:
+    try:
+        TrainParams.from_mapping({name: value})
+    except ParameterError as err:
+        raise ParameterError(f"search_space.{name}", value, err.allowed) from None
+
+
+def _distribution(name: str, entry):
+    if isinstance(entry, (list, tuple)):
+        if not entry:
+            raise ParameterError(f"search_space.{name}", entry, "a non-empty list of choices")
+        for v in entry:
+            _check_value(name, v)
+        return CategoricalDistribution(list(entry))
+    if isinstance(entry, dict):
+        unknown = set(entry) - {"low", "high", "log", "step"}
+        if unknown or "low" not in entry or "high" not in entry:
+            raise ParameterError(f"search_space.{name}", entry, "a list of choices or {low, high[, log][, step]}")
+        low, high, log, step = entry["low"], entry["high"], bool(entry.get("log", False)), entry.get("step")
+        kind = TrainParams.model_fields[name].annotation
+        if kind not in (int, float):
+            raise ParameterError(f"search_space.{name}", entry, "a list of choices (it is not a number)")
+        if not (isinstance(low, (int, float)) and isinstance(high, (int, float))) or isinstance(low, bool) or low >= high:
+            raise ParameterError(f"search_space.{name}", entry, "a range with numbers low < high")
+        if log and low <= 0:
+            raise ParameterError(f"search_space.{name}", entry, "a range with low > 0 on a log scale")
+        if log and step is not None:
+            raise ParameterError(f"search_space.{name}", entry, "either log or step, not both")
+        _check_value(name, low)
+        _check_value(name, high)
+        if kind is int:
+            if low != int(low) or high != int(high):
+                raise ParameterError(f"search_space.{name}", entry, "a range of integers")
+            return IntDistribution(int(low), int(high), log=log, step=int(step or 1))
+        return FloatDistribution(float(low), float(high), log=log, step=step)
+    raise ParameterError(f"search_space.{name}", entry, "a list of choices or {low, high[, log][, step]}")
+
+
+def space_frame(space: dict) -> pd.DataFrame:
+    """The search space as a table: parameter, kind, range or choices, scale."""
+    rows = []
+    for name, d in space.items():
+        if isinstance(d, CategoricalDistribution):
+            rows.append({"parameter": name, "kind": "categorical", "values": ", ".join(map(str, d.choices)), "scale": ""})
+        else:
+            rows.append({"parameter": name, "kind": "int" if isinstance(d, IntDistribution) else "float",
+                         "values": f"[{d.low:g}, {d.high:g}]", "scale": "log" if d.log else "linear"})
+    return pd.DataFrame(rows).set_index("parameter")
+
+
+def space_as_dict(space: dict) -> dict:
+    """The space as plain JSON (for the record and the study's identity)."""
+    return {k: optuna.distributions.distribution_to_json(d) for k, d in sorted(space.items())}
+
+
+class TuneParams(BaseModel):
+    """Parameters of tune.ipynb. Train settings shared by every trial, plus the search's own."""
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    dataset: str = "clothing10"
+    root: str = ""
+    model: str = "mobilenet_v3_small"
+    pretrained: bool = False
+    image_size: int = 64
+    epochs: int = 3                      # the budget of one trial (the pruner's max resource)
+    train_limit: int = 1000
+    seed: int = 0                        # fixes splits, init and batch order: every trial sees the same
+    device: str = "auto"
+    fixed: dict = {}                     # other train parameters fixed for every trial, e.g. {"schedule": "cosine"}
+    n_trials: int = 10                   # the total wanted in the study (complete + pruned), over all workers
+    search_space: Union[dict, str] = ""  # dict, YAML path or YAML text; "" means DEFAULT_SPACE
+    pruner: Literal["median", "hyperband", "none"] = "median"
+    storage: str = ""                    # an Optuna RDB URL; "" means sqlite under results/
+    study_name: str = ""                 # "" means one derived from the parameters that define the search
+    sampler_seed: Optional[int] = None   # None: fresh per process (workers never repeat each other)
+    timeout: float = 0                   # seconds this process may start trials for; 0 means no limit
+
+    @classmethod
+    def from_mapping(cls, values: dict) -> "TuneParams":
+        fields = set(cls.model_fields)
+        unknown = sorted(set(values) - fields)
+        if unknown:
+            raise ParameterError(unknown[0], values[unknown[0]], f"one of the tune parameters ({', '.join(sorted(fields))})")
+        try:
+            params = cls(**values)
+        except ValidationError as err:
+            first = err.errors()[0]
+            ctx_err = (first.get("ctx") or {}).get("error")
+            if isinstance(ctx_err, ParameterError):
+                raise ctx_err from None
+            name = str(first["loc"][0]) if first["loc"] else "parameters"
+            from .params import _allowed
+            raise ParameterError(name, values.get(name, first.get("input")), _allowed(first)) from None
+        params.space()                 # a bad space fails here
+        params.train_params({})        # so do bad train settings (model, dataset, image size, fixed)
+        return params
+
+    @classmethod
+    def from_namespace(cls, namespace: dict) -> "TuneParams":
+        return cls.from_mapping({k: namespace[k] for k in cls.model_fields if k in namespace})
+
+    @field_validator("n_trials", "epochs")
+    @classmethod
+    def _positive(cls, v, info):
+        if v <= 0:
+            raise ParameterError(info.field_name, v, "a positive integer")
+        return v
+
+    @field_validator("timeout")
+    @classmethod
+    def _timeout(cls, v):
+        if not v >= 0:
+            raise ParameterError("timeout", v, "zero (no limit) or a positive number of seconds")
+        return v
+
+    @field_validator("storage")
+    @classmethod
+    def _storage(cls, v):
+        if v and v.split(":", 1)[0].split("+", 1)[0] not in STORAGE_SCHEMES:
+            raise ParameterError("storage", v, "an Optuna storage URL (sqlite:///path, postgresql://..., mysql://...) or '' for the default")
+        return v
+
+    @field_validator("fixed")
+    @classmethod
+    def _fixed(cls, v):
+        owned = {"dataset", "root", "model", "pretrained", "image_size", "epochs", "train_limit", "seed", "device", "output_dir"}
+        for k in v:
+            if k in owned:
+                raise ParameterError("fixed", k, f"free of {k!r}, which is a tune parameter of its own")
+        return v
+
+    def space(self) -> dict:
+        space = parse_space(self.search_space)
+        clash = sorted(set(space) & set(self.fixed))
+        if clash:
+            raise ParameterError("fixed", clash[0], "a parameter that is not also in the search space")
+        return space
+
+    def train_params(self, hp: dict) -> TrainParams:
+        """The train parameters of one trial (hp: the trial's suggestions; {}: the defaults)."""
+        base = {"dataset": self.dataset, "root": self.root, "model": self.model, "pretrained": self.pretrained,
+                "image_size": self.image_size, "epochs": self.epochs, "train_limit": self.train_limit,
+                "seed": self.seed, "device": self.device, **self.fixed}
+        return TrainParams.from_mapping({**base, **hp})
+
+    def identity(self) -> dict:
+        """What makes trials comparable; a study holds trials of one identity only."""
+        d = self.model_dump(exclude={"n_trials", "storage", "study_name", "sampler_seed", "timeout", "device", "search_space"})
+        d["search_space"] = space_as_dict(self.space())
+        return d
+
+    def resolved_study_name(self) -> str:
+        return self.study_name or run_id("tune", self.identity())
+
+    def resolved_storage(self) -> str:
+        return self.storage or default_storage()
+
+
+def redact(url: str) -> str:
+    """The storage URL without its password (for records and logs)."""
+    from sqlalchemy.engine import make_url
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url.split("://", 1)[0] + "://***"
+
+
+# --------------------------------------------------------------------------- the study
+
+def open_storage(url: str) -> optuna.storages.RDBStorage:
+    """RDB storage with heartbeats: a trial whose worker died is failed and retried once by the next worker."""
+    if url.startswith("sqlite:///"):
+        path = url[len("sqlite:///"):]
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+    kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RDBStorage(
+            url, engine_kwargs=kwargs, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS,
+            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1))
+
+
+def prepare_study(params: TuneParams) -> str:
+    """Create the study (and its database) once, before any worker starts; safe to call again.
+
+    Returns the study name. A study created with other parameters under the same name is refused.
+    """
+    name = params.resolved_study_name()
+    identity = params.identity()
+    last = None
+    for attempt in range(5):   # first creation of tables can race with another process: retry
+        try:
+            study = optuna.create_study(storage=open_storage(params.resolved_storage()), study_name=name,
+                                        direction="maximize", load_if_exists=True)
+            break
+        except Exception as err:  # sqlalchemy OperationalError / IntegrityError while tables appear
+            last = err
+            time.sleep(0.5 * (attempt + 1))
+    else:
+        raise last
+    stored = study.user_attrs.get("identity")
+    if stored is None:
+        study.set_user_attr("identity", identity)
+        study.set_user_attr("objective", "val_top1")
+    elif json.loads(json.dumps(stored)) != json.loads(json.dumps(identity)):
+        diff = sorted(k for k in set(stored) | set(identity) if stored.get(k) != identity.get(k))
+        raise ParameterError("study_name", name, f"a study tuned with these parameters (it differs in {', '.join(diff)}); "
+                             "choose another study_name")
+    return name
+
+
+def load_study(params: TuneParams, sampler: Optional[optuna.samplers.BaseSampler] = None,
+               pruner: Optional[optuna.pruners.BasePruner] = None) -> optuna.Study:
+    name = prepare_study(params)
+    return optuna.load_study(study_name=name, storage=open_storage(params.resolved_storage()),
+                             sampler=sampler, pruner=pruner)
+
+
+def make_pruner(params: TuneParams) -> optuna.pruners.BasePruner:
+    if params.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=params.epochs, reduction_factor=3)
+    if params.pruner == "median":
+        # Prune a trial below the median of completed trials at the same epoch, once two have completed.
+        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0, interval_steps=1)
+    return optuna.pruners.NopPruner()
+
+
+def make_sampler(params: TuneParams, trials_so_far: int) -> optuna.samplers.TPESampler:
+    """TPE; random for the first third of the trials (at most 10). constant_liar spreads parallel workers."""
+    seed = None if params.sampler_seed is None else params.sampler_seed * 100_003 + trials_so_far
+    startup = min(10, max(2, params.n_trials // 3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(n_startup_trials=startup, multivariate=True, constant_liar=True, seed=seed)
+
+
+def counted(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=COUNTED))
+
+
+def suggest(trial: optuna.Trial, space: dict) -> dict:
+    hp = {}
+    for name, dist in space.items():
+        if isinstance(dist, CategoricalDistribution):
+            hp[name] = trial.suggest_categorical(name, dist.choices)
+        elif isinstance(dist, IntDistribution):
+            hp[name] = trial.suggest_int(name, dist.low, dist.high, step=dist.step, log=dist.log)
+        else:
+            hp[name] = trial.suggest_float(name, dist.low, dist.high, step=dist.step, log=dist.log)
+    return hp
+
+
+@dataclass
+class TuneOutcome:
+    study: optuna.Study
+    trials_run: list[int]        # trial numbers this process ran
+    seconds: float               # this process: wall time of the search (after data loading)
+    data_seconds: float          # this process: loading the data tensors once
+    device: str
+
+
+def tune(params: TuneParams) -> TuneOutcome:
+    """Run trials until the study holds params.n_trials complete or pruned trials (over all workers)."""
+    space = params.space()
+    base = params.train_params({})
+    device = environment.resolve_device(base.device)
+    study = load_study(params, pruner=make_pruner(params))
+    study.sampler = make_sampler(params, len(study.trials))
+    remaining = params.n_trials - counted(study)
+    if remaining <= 0:
+        return TuneOutcome(study, [], 0.0, 0.0, device)
+    t0 = time.perf_counter()
+    data = load_run_data(base)              # once per process; every trial reuses the tensors
+    data_seconds = time.perf_counter() - t0
+    num_classes = len(data.dataset.classes)
+    worker = f"{socket.gethostname()}:{os.getpid()}"
+    mine: list[int] = []
+
+    def objective(trial: optuna.Trial) -> float:
+        mine.append(trial.number)
+        hp = suggest(trial, space)
+        tp = params.train_params(hp)
+        trial.set_user_attr("worker", worker)
+        trial.set_user_attr("device", device)
+        seed_everything(tp.seed)
+        model = build_model(tp, num_classes, device)
+        step_model = torch.compile(model) if tp.compile else model
+        train_b = batches(data, "train", tp, device, train=True)
+        val_b = batches(data, "val", tp, device, train=False)
+        optimizer = build_optimizer(model, tp.optimizer, tp.lr, tp.weight_decay)
+        schedule = build_schedule(optimizer, tp.schedule, tp.lr, tp.epochs * len(train_b))
+        loss_fn = nn.CrossEntropyLoss(label_smoothing=tp.label_smoothing)
+        epoch_seconds: list[float] = []
+
+        def on_epoch(row) -> None:
+            epoch_seconds.append(row.seconds + row.val_seconds)
+            trial.report(row.val_top1, row.epoch)
+            trial.set_user_attr("epoch_seconds", epoch_seconds)
+            # The last epoch is paid for already: let it complete rather than prune it.
+            if row.epoch < tp.epochs and trial.should_prune():
+                raise optuna.TrialPruned(f"val top-1 {row.val_top1:.3f} after epoch {row.epoch}")
+
+        fitted = fit(step_model, train_b, val_b, epochs=tp.epochs, optimizer=optimizer, schedule=schedule,
+                     loss_fn=loss_fn, device=device, amp=tp.amp, early_stopping=tp.early_stopping,
+                     on_epoch=on_epoch, progress=False)
+        vals = [h.val_top1 for h in fitted["history"]]
+        return max(vals) if tp.early_stopping else vals[-1]
+
+    t1 = time.perf_counter()
+    study.optimize(objective, n_trials=remaining, timeout=params.timeout or None,
+                   callbacks=[optuna.study.MaxTrialsCallback(params.n_trials, states=COUNTED)])
+    return TuneOutcome(study, mine, time.perf_counter() - t1, data_seconds, device)
+
+
+# --------------------------------------------------------------------------- the report
+
+def trial_seconds(t: optuna.trial.FrozenTrial) -> float:
+    return t.duration.total_seconds() if t.duration is not None else float("nan")
+
+
+def trials_frame(study: optuna.Study) -> pd.DataFrame:
+    """One row per trial: state, value (val top-1; for a pruned trial its last report), epochs, seconds, params."""
+    rows = []
+    for t in study.trials:
+        last = t.intermediate_values[max(t.intermediate_values)] if t.intermediate_values else None
+        rows.append({"trial": t.number, "state": t.state.name,
+                     "val_top1": t.value if t.value is not None else last,
+                     "epochs": len(t.intermediate_values), "seconds": trial_seconds(t),
+                     **{f"{k}": v for k, v in t.params.items()}, "worker": t.user_attrs.get("worker")})
+    return pd.DataFrame(rows).set_index("trial") if rows else pd.DataFrame()
+
+
+def best_and_worst(study: optuna.Study) -> pd.DataFrame:
+    """The best and the worst completed trial, as study 004 reported its jobs."""
+    done = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    if not done:
+        return pd.DataFrame()
+    best, worst = max(done, key=lambda t: t.value), min(done, key=lambda t: t.value)
+    return pd.DataFrame([{"": "best", "trial": best.number, "val_top1": best.value, **best.params, "seconds": trial_seconds(best)},
+                         {"": "worst", "trial": worst.number, "val_top1": worst.value, **worst.params, "seconds": trial_seconds(worst)}]
+                        ).set_index("")
+
+
+def time_by_state(study: optuna.Study, epochs: int) -> pd.DataFrame:
+    """Trials, seconds and epochs trained per state; 'epochs saved' is what pruning spared."""
+    rows = {}
+    for t in study.trials:
+        r = rows.setdefault(t.state.name, {"trials": 0, "seconds": 0.0, "epochs trained": 0, "epochs saved": 0})
+        r["trials"] += 1
+        r["seconds"] += 0.0 if math.isnan(trial_seconds(t)) else trial_seconds(t)
+        r["epochs trained"] += len(t.intermediate_values)
+        if t.state == TrialState.PRUNED:
+            r["epochs saved"] += epochs - len(t.intermediate_values)
+    frame = pd.DataFrame.from_dict(rows, orient="index")
+    if not frame.empty:
+        frame["share of seconds"] = frame["seconds"] / frame["seconds"].sum()
+    return frame
+
+
+PLOTS = ("optimization_history", "intermediate_values", "param_importances", "parallel_coordinate", "slice", "timeline")
+
+
+def plot(study: optuna.Study, kind: str):
+    """One of optuna.visualization.matplotlib's figures (static, for the book); a note when it cannot be drawn."""
+    import matplotlib.pyplot as plt
+    from optuna.visualization import matplotlib as ovm
+    if kind not in PLOTS:
+        raise ParameterError("kind", kind, f"one of {', '.join(PLOTS)}")
+    done = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    if kind in ("param_importances", "parallel_coordinate", "slice") and len(done) < 2:
+        print(f"{kind.replace('_', ' ')}: needs at least two completed trials; this study has {len(done)}.")
+        return None
+    extra = {}
+    if kind == "param_importances":   # fANOVA (random forest), seeded: the same trials give the same bars
+        extra["evaluator"] = optuna.importance.FanovaImportanceEvaluator(seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        try:
+            ax = getattr(ovm, f"plot_{kind}")(study, **extra)
+        except (ValueError, RuntimeError) as err:   # e.g. importances when no parameter varies
+            print(f"{kind.replace('_', ' ')}: not drawn ({err}).")
+            return None
+        fig = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
+        if kind == "slice":
+            fig.set_size_inches(2.6 * len(study.best_trial.params), 3.2)
+        elif kind == "parallel_coordinate":
+            fig.set_size_inches(11, 4.5)
+        else:
+            fig.set_size_inches(8, 4)
+        fig.tight_layout()
+    return fig
+
+
+# --------------------------------------------------------------------------- retrain and record
+
+def train_or_reuse(tp: TrainParams) -> tuple[dict, bool]:
+    """The train record for these parameters: runs/<run_id>/record.json when it exists, else a fresh train_run."""
+    path = runs_dir() / run_id("train", tp.run_params()) / "record.json"
+    if path.exists():
+        try:
+            record = TrainRecord.model_validate_json(path.read_text()).model_dump(mode="json")
+            if record["status"] == "ok":
+                return record, True
+        except ValidationError:
+            pass
+    return train_run(tp, progress=False).record, False
+
+
+def final_val(record: dict) -> float:
+    vals = [h["val_top1"] for h in record["history"]]
+    return max(vals) if record["params"].get("early_stopping") else vals[-1]
+
+
+@dataclass
+class Retrained:
+    best_params: dict
+    tuned: dict             # train record of the best configuration
+    tuned_reused: bool
+    default: dict           # train record of the default hyperparameters
+    default_reused: bool
+
+
+def retrain(params: TuneParams, study: optuna.Study) -> Retrained:
+    """Train the best configuration and the defaults on the train split with train's loop; test once each."""
+    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        raise StudyError(f"study '{study.study_name}' has no completed trial yet, so there is no best configuration to retrain.")
+    best = dict(study.best_trial.params)
+    tuned, tuned_reused = train_or_reuse(params.train_params(best))
+    default, default_reused = train_or_reuse(params.train_params({}))
+    return Retrained(best, tuned, tuned_reused, default, default_reused)
+
+
+def comparison(params: TuneParams, study: optuna.Study, r: Retrained) -> pd.DataFrame:
+    """Default vs tuned hyperparameters: validation (search objective) and test (touched once per run)."""
+    rows = {
+        "default": {"val_top1 (trial budget)": final_val(r.default), "test_top1": r.default["test"]["top1"],
+                    "test balanced accuracy": r.default["test"]["balanced_accuracy"], "run_id": r.default["run_id"]},
+        "tuned": {"val_top1 (trial budget)": final_val(r.tuned), "test_top1": r.tuned["test"]["top1"],
+                  "test balanced accuracy": r.tuned["test"]["balanced_accuracy"], "run_id": r.tuned["run_id"]},
+    }
+    frame = pd.DataFrame.from_dict(rows, orient="index")
+    frame.loc["gain (tuned - default)"] = [frame.iloc[1, i] - frame.iloc[0, i] for i in range(3)] + [""]
+    return frame
+
+
+def make_record(params: TuneParams, outcome: TuneOutcome, r: Retrained, started_at: str) -> dict:
+    study = outcome.study
+    by_state = time_by_state(study, params.epochs)
+    seconds = {s: float(by_state.loc[s, "seconds"]) if s in by_state.index else 0.0
+               for s in ("COMPLETE", "PRUNED", "FAIL")}
+    counts = {s.name: len(study.get_trials(deepcopy=False, states=(s,))) for s in TrialState}
+    trials = []
+    for t in study.trials:
+        trials.append({"number": t.number, "state": t.state.name, "value": t.value, "params": t.params,
+                       "intermediate": [t.intermediate_values[k] for k in sorted(t.intermediate_values)],
+                       "seconds": None if t.duration is None else t.duration.total_seconds(),
+                       "worker": t.user_attrs.get("worker")})
+    done = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    worst = min(done, key=lambda t: t.value)
+    default_val, best_val = final_val(r.default), study.best_value
+    record = TuneRecord(
+        run_id=run_id("tune", params.model_dump()), params=params.model_dump(mode="json"),
+        dataset=params.dataset, model=params.model, image_size=params.image_size, epochs=params.epochs,
+        study_name=study.study_name, storage=redact(params.resolved_storage()),
+        search_space=space_as_dict(params.space()), pruner=params.pruner, sampler="TPE (multivariate, constant liar)",
+        device=outcome.device, hardware=environment.hardware(outcome.device), versions=environment.versions(),
+        n_trials=params.n_trials, trial_counts=counts, trials=trials,
+        trials_this_process=outcome.trials_run,
+        best_trial=study.best_trial.number, best_params=r.best_params, best_val_top1=best_val,
+        worst_trial=worst.number, worst_params=worst.params, worst_val_top1=worst.value,
+        default_val_top1=default_val, val_gain=best_val - default_val,
+        retrained_val_top1=final_val(r.tuned),
+        tuned_run_id=r.tuned["run_id"], tuned_test_top1=r.tuned["test"]["top1"], tuned_reused=r.tuned_reused,
+        default_run_id=r.default["run_id"], default_test_top1=r.default["test"]["top1"], default_reused=r.default_reused,
+        test_gain=r.tuned["test"]["top1"] - r.default["test"]["top1"],
+        complete_seconds=seconds["COMPLETE"], pruned_seconds=seconds["PRUNED"], failed_seconds=seconds["FAIL"],
+        tuning_seconds=sum(seconds.values()),
+        epochs_trained=int(by_state["epochs trained"].sum()), epochs_saved_by_pruning=int(by_state["epochs saved"].sum()),
+        process_seconds=outcome.seconds, data_seconds=outcome.data_seconds,
+        retrain_seconds=0.0 if r.tuned_reused else r.tuned["train_seconds"],
+        default_seconds=0.0 if r.default_reused else r.default["train_seconds"],
+        started_at=started_at, finished_at=now(),
+    )
+    return record.model_dump(mode="json")
