@@ -295,12 +295,24 @@ def expand_deploy(grid: Grid, study: str) -> list[Cell]:
 
 
 def expand_cost(grid: Grid, study: str, owned: list[str]) -> list[Cell]:
-    """One cost page for the study. It summarises every run before it, so its id hashes theirs:
-    a new run gives a new cost page, an unchanged study skips it."""
+    """One cost page for the study. It summarises every run before it, so its id hashes their ids
+    and states: a new run (or a failed one that now succeeded) gives a new page; no change skips it."""
     params = {"study": study, **(grid.cost.model_extra or {})}
     rid = f"cost-{study}-{params_hash({'params': params, 'runs': sorted(owned)})}"
     # the notebook's record takes the cell's id (cost.ipynb's cost_run_id parameter)
     return [Cell("cost", rid, {**params, "cost_run_id": rid}, title=f"cost of study {study}")]
+
+
+def run_states(study: str) -> list[str]:
+    """`<run id>:<status>` of every run the study has so far (what the cost page summarises)."""
+    from .results import load_runs
+    try:
+        runs = load_runs(study)
+    except FileNotFoundError:
+        return []
+    if runs.empty:
+        return []
+    return sorted(f"{r.run_id}:{r.status}" for r in runs.itertuples() if r.stage != "cost")
 
 
 def check_notebook_parameters(stage: str, extra: dict) -> None:
@@ -456,6 +468,15 @@ class Manifest:
         os.replace(tmp, self.path)
 
 
+def kept_cells(grid: Grid) -> list[Cell]:
+    """A study is the cells of its latest grid run; stages that this run leaves out keep theirs."""
+    try:
+        old = read_manifest(grid.study)
+    except FileNotFoundError:
+        return []
+    return [Cell(**c) for c in old["cells"] if c["stage"] not in grid.stages]
+
+
 def read_manifest(study: str) -> dict:
     path = results_dir() / study / "cells.json"
     if not path.is_file():
@@ -515,7 +536,7 @@ def run_grid(path: str | Path, workers: int = 1, scheduler: Optional[str] = None
     gpus = cuda_devices() if gpus is None else gpus
     bar = tqdm(total=0, unit="run", desc=f"study {grid.study}", file=sys.stderr, dynamic_ncols=True)
     log = log or (lambda msg: tqdm.write(msg, file=sys.stderr))
-    manifest = Manifest(grid.study, str(path))
+    manifest = Manifest(grid.study, str(path), kept_cells(grid))
     summary = {"ok": 0, "skipped": 0, "failed": []}
     old_handler = signal.signal(signal.SIGTERM, _on_sigterm)
     client, cluster = start_client(workers, scheduler, gpus)
@@ -535,7 +556,7 @@ def run_grid(path: str | Path, workers: int = 1, scheduler: Optional[str] = None
             if stage == "deploy":
                 cells[stage] = expand_deploy(grid, grid.study)
             elif stage == "cost":
-                cells[stage] = expand_cost(grid, grid.study, [c.run_id for c in manifest.cells])
+                cells[stage] = expand_cost(grid, grid.study, run_states(grid.study))
             stage_cells = cells.get(stage, [])
             if not stage_cells:
                 log(f"[{stage}] no cells to run")

@@ -157,6 +157,7 @@ def collect(study: str, quiet: bool = False) -> pd.DataFrame:
             records.append(r)
     runs = _tidy(pd.DataFrame([flatten(r) for r in records]))
     if not runs.empty:
+        runs = runs.drop(columns="study", errors="ignore")
         runs.insert(1, "study", study)
     epochs = epochs_frame(records)
     out = study_dir(study)

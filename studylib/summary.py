@@ -6,6 +6,7 @@ as weight_decay in an ablation), with mean ± std over seeds where several seeds
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
+import matplotlib.ticker as ticker
 import numpy as np
 import pandas as pd
 import seaborn as sns
@@ -131,6 +132,8 @@ def _scatter(runs: pd.DataFrame, x: str, xlabel: str, title: str, logx: bool = F
             ax.annotate(row.model, (row.x, row.y), textcoords="offset points", xytext=(4, 4), fontsize=8)
         if logx and d[x].max() > 10 * d[x].min():
             ax.set_xscale("log")
+            ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.xaxis.set_minor_formatter(ticker.NullFormatter())
         ax.set(title=dataset, xlabel=xlabel, ylabel="test top-1")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="lower right")

@@ -42,9 +42,15 @@ def test_book_in_a_browser(smoke_study):
             index = open_page(context.new_page(), (html / "index.html").as_uri())
             results = open_page(context.new_page(), (html / "results" / "results-smoke.html").as_uri())
             train = open_page(context.new_page(), train_page.as_uri())
+            # and the first page of every other part the grid made (methods, other stages, failed runs)
+            others = {str(f.relative_to(html)): open_page(context.new_page(), f.as_uri())
+                      for f in [html / "results" / "methods-smoke.html", html / "reference_studies.html"]
+                      + [sorted(d.glob("*.html"))[0] for d in sorted(html.iterdir())
+                         if d.is_dir() and d.name in ("data_prep", "tune", "deploy", "cost")]
+                      + sorted((html / "train").glob("*.failed.html"))[:1]}
         finally:
             browser.close()
-    for name, page in (("index", index), ("results", results), ("train", train)):
+    for name, page in {"index": index, "results": results, "train": train, **others}.items():
         assert page["errors"] == [], f"{name}: {page['errors']}"
         assert all(f["complete"] and f["width"] > 0 for f in page["figures"]), f"{name}: {page['figures']}"
     assert "Small image classifiers, measured" in index["title"] and "How to read it" in index["text"]

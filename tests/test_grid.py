@@ -277,3 +277,22 @@ def test_interrupted_grid_resumes(study_env, tmp_path):
     assert proc.returncode == 130, out
     assert "interrupted: finished runs are kept; run the same command again to resume" in out
     assert not list((tmp_path / "book").rglob("train-clothing10-*[0-9a-f].ipynb")), "an interrupted cell must not look finished"
+
+
+def test_a_grid_of_some_stages_keeps_the_other_stages_cells(tmp_path, monkeypatch):
+    monkeypatch.setenv("STUDYLIB_RESULTS", str(tmp_path))
+    G.Manifest("t", "g.yaml", [G.Cell("train", "train-a", {"model": "m"}), G.Cell("deploy", "deploy-b", {"run": "train-a"})]).write()
+    g = G.Grid.model_validate({"study": "t", "stages": ["deploy", "cost"]})
+    assert [c.run_id for c in G.kept_cells(g)] == ["train-a"]
+    assert G.kept_cells(G.Grid.model_validate({"study": "other", "stages": ["train"]})) == []
+
+
+def test_local_gpu_workers_offer_the_gpu_resource():
+    """With --gpus N the local workers advertise GPU=1 (cells then ask for it); without, none do."""
+    for gpus, expected in ((1, True), (0, False)):
+        client, cluster = G.start_client(workers=1, scheduler=None, gpus=gpus)
+        try:
+            assert G.cluster_has_gpus(client) is expected
+        finally:
+            client.close()
+            cluster.close()
