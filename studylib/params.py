@@ -22,14 +22,14 @@ class TrainParams(BaseModel):
     pretrained: bool = False
     finetune: Literal["all", "head"] = "all"
     head: Literal["linear", "mlp"] = "linear"
-    epochs: int = 10
+    epochs: int = 5
     batch_size: int = 64
-    lr: float = 3e-3
+    lr: float = 1e-2
     optimizer: Literal["adam", "adamw", "sgd"] = "adamw"
     weight_decay: float = 5e-4
     schedule: Literal["constant", "cosine", "onecycle"] = "onecycle"
     label_smoothing: float = 0.1
-    image_size: int = 96
+    image_size: int = 64
     augment: bool = True
     early_stopping: int = 0              # patience in epochs on val top-1; 0 means off
     seed: int = 0
