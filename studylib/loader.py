@@ -1,8 +1,9 @@
 """Batches from in-memory uint8 tensors, augmented as tensors (airbench's data path).
 
-The whole split sits on the training device as uint8. A batch is an index into it, a cast,
-an optional random crop and horizontal flip done as tensor ops, and a normalisation.
-No worker processes, no per-image Python.
+The whole split sits on the training device as uint8. A batch is an index into it, a random
+crop and horizontal flip done as one gather on the uint8 pixels, then a cast and a
+normalisation in place. No worker processes, no per-image Python, and on a GPU no
+host-device copy or synchronisation: the random numbers come from a generator on the device.
 """
 from __future__ import annotations
 
@@ -14,27 +15,34 @@ IMAGENET_STD = [0.229, 0.224, 0.225]
 
 
 def random_crop_flip(x: torch.Tensor, generator: torch.Generator, pad: int) -> torch.Tensor:
-    """Per-image random crop (reflect padding `pad`) and horizontal flip of a B x C x S x S batch."""
+    """Per-image random crop (reflect padding `pad`) and horizontal flip of a B x C x H x W batch.
+
+    Works on any dtype (the loader calls it on uint8, a quarter of the bytes of float32). The
+    crop and the flip are one gather: for image i, output pixel (r, c) reads padded pixel
+    (r + dy_i, c + dx_i), with c mirrored when image i is flipped.
+    """
     b, c, h, w = x.shape
-    if pad > 0:
-        padded = F.pad(x, (pad, pad, pad, pad), mode="reflect")
-        dev = x.device
-        oy = torch.randint(0, 2 * pad + 1, (b,), generator=generator, device="cpu").to(dev)
-        ox = torch.randint(0, 2 * pad + 1, (b,), generator=generator, device="cpu").to(dev)
-        rows = (oy[:, None] + torch.arange(h, device=dev))[:, None, :, None]
-        cols = (ox[:, None] + torch.arange(w, device=dev))[:, None, None, :]
-        bi = torch.arange(b, device=dev)[:, None, None, None]
-        ci = torch.arange(c, device=dev)[None, :, None, None]
-        x = padded[bi, ci, rows, cols]
-    flip = (torch.rand(b, generator=generator, device="cpu") < 0.5).to(x.device)
-    return torch.where(flip[:, None, None, None], x.flip(3), x)
+    dev = x.device
+    flip = torch.rand(b, generator=generator, device=generator.device).to(dev) < 0.5
+    cols = torch.arange(w, device=dev).expand(b, w)
+    cols = torch.where(flip[:, None], w - 1 - cols, cols)
+    if pad <= 0:
+        return x.gather(3, cols[:, None, None, :].expand(b, c, h, w))
+    offsets = torch.randint(0, 2 * pad + 1, (b, 2), generator=generator, device=generator.device).to(dev)
+    padded = F.pad(x, (pad, pad, pad, pad), mode="reflect")
+    width = w + 2 * pad
+    rows = torch.arange(h, device=dev)[None, :] + offsets[:, :1]            # b x h
+    cols = cols + offsets[:, 1:]                                            # b x w
+    flat = (rows[:, :, None] * width + cols[:, None, :]).view(b, 1, h * w)  # b x 1 x (h*w)
+    return padded.flatten(2).gather(2, flat.expand(b, c, h * w)).view(b, c, h, w)
 
 
 class TensorBatches:
     """Iterate (images, labels) batches over uint8 tensors.
 
     images: N x 3 x S x S uint8 (moved to `device` once); mean/std: per-channel floats.
-    With shuffle, the order comes from `seed` and the epoch number, so runs repeat exactly.
+    With shuffle, the order comes from `seed` and the epoch number, so runs repeat exactly
+    (on CPU; a GPU draws its own random numbers, repeatable on that GPU).
     """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, *, mean, std,
@@ -59,16 +67,24 @@ class TensorBatches:
     def num_images(self) -> int:
         return len(self) * self.batch_size if self.drop_last else len(self.labels)
 
+    def batch_sizes(self) -> list[int]:
+        """The size of each batch of one pass, in order (the last one may be smaller)."""
+        n, b = len(self.labels), self.batch_size
+        return [min(b, n - k * b) for k in range(len(self))]
+
     def __iter__(self):
-        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        g = torch.Generator(device=self.images.device).manual_seed(self.seed * 100_003 + self.epoch)
         self.epoch += 1
         n = len(self.labels)
-        order = torch.randperm(n, generator=g).to(self.device) if self.shuffle else None
+        order = torch.randperm(n, generator=g, device=self.images.device) if self.shuffle else None
         for k in range(len(self)):
-            sl = slice(k * self.batch_size, min(n, (k + 1) * self.batch_size))
-            idx = order[sl] if order is not None else sl
-            x = self.images[idx].float()
+            lo, hi = k * self.batch_size, min(n, (k + 1) * self.batch_size)
+            if order is not None:
+                idx = order[lo:hi]
+                x, y = self.images.index_select(0, idx), self.labels.index_select(0, idx)
+            else:
+                x, y = self.images[lo:hi], self.labels[lo:hi]
             if self.augment:
                 x = random_crop_flip(x, g, self.pad)
-            x = ((x - self.mean) / self.std).contiguous(memory_format=self.memory_format)
-            yield x, self.labels[idx]
+            x = x.to(torch.float32, copy=True).sub_(self.mean).div_(self.std)  # a new tensor: the split is never written
+            yield x.contiguous(memory_format=self.memory_format), y

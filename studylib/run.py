@@ -27,6 +27,7 @@ from .metrics import classification_report
 from .models import count_parameters, create_model, gmacs, size_mb
 from .params import TrainParams
 from .paths import runs_dir
+from .profiling import UtilisationSampler, peak_memory
 from .record import TrainRecord, run_id
 from .train import build_optimizer, build_schedule, evaluate, fit, time_to_targets
 
@@ -133,6 +134,8 @@ def train_run(params: TrainParams, progress: bool = True, on_epoch=None) -> Trai
     out_dir = Path(params.output_dir) if params.output_dir else runs_dir() / rid
     device = environment.resolve_device(params.device)
     seed_everything(params.seed)
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats(device)  # this run's peak, not the process's
 
     data = load_run_data(params)
     num_classes = len(data.dataset.classes)
@@ -149,23 +152,26 @@ def train_run(params: TrainParams, progress: bool = True, on_epoch=None) -> Trai
     schedule = build_schedule(optimizer, params.schedule, params.lr, params.epochs * len(train_b))
     loss_fn = nn.CrossEntropyLoss(label_smoothing=params.label_smoothing)
 
-    t0 = time.perf_counter()
-    fitted = fit(step_model, train_b, val_b, epochs=params.epochs, optimizer=optimizer, schedule=schedule,
-                 loss_fn=loss_fn, device=device, amp=params.amp, early_stopping=params.early_stopping,
-                 on_epoch=on_epoch, progress=progress)
-    train_seconds = time.perf_counter() - t0
-    history = fitted["history"]
+    # CPU (and GPU) utilisation sampled on a thread while the model trains and is tested: every run.
+    with UtilisationSampler(device) as sampler:
+        t0 = time.perf_counter()
+        fitted = fit(step_model, train_b, val_b, epochs=params.epochs, optimizer=optimizer, schedule=schedule,
+                     loss_fn=loss_fn, device=device, amp=params.amp, early_stopping=params.early_stopping,
+                     on_epoch=on_epoch, progress=progress)
+        train_seconds = time.perf_counter() - t0
+        history = fitted["history"]
 
-    # The test split, touched once.
-    t1 = time.perf_counter()
-    test_logits, test_labels, _ = evaluate(step_model, batches(data, "test", params, device, train=False), device, params.amp)
-    eval_seconds = time.perf_counter() - t1
+        # The test split, touched once.
+        t1 = time.perf_counter()
+        test_logits, test_labels, _ = evaluate(step_model, batches(data, "test", params, device, train=False), device, params.amp)
+        eval_seconds = time.perf_counter() - t1
     report = classification_report(test_logits, test_labels, data.dataset.classes)
+    peak_mb = peak_memory_mb(device)
 
-    profile = None
-    if params.profile:
+    profile = {**sampler.summary(), **peak_memory(device), "operators": None}
+    if params.profile:  # torch.profiler over a few more steps, on copies: the trained weights stay as they are
         from .profiling import profile_steps
-        profile = profile_steps(model, train_b, optimizer, loss_fn, device, params.amp)
+        profile["operators"] = profile_steps(model, train_b, optimizer, loss_fn, device, params.amp)
 
     checkpoint = out_dir / "model.pt"
     save_checkpoint(model, checkpoint)
@@ -191,7 +197,7 @@ def train_run(params: TrainParams, progress: bool = True, on_epoch=None) -> Trai
         first_step_seconds=fitted["first_step_seconds"],
         compile_seconds=(fitted["first_step_seconds"] - median_step) if params.compile and median_step else None,
         eval_seconds=eval_seconds, time_to_target=tts, epoch_to_target=tte,
-        peak_memory_mb=peak_memory_mb(device), profile=profile, checkpoint=str(checkpoint),
+        peak_memory_mb=peak_mb, profile=profile, checkpoint=str(checkpoint),
         started_at=started, finished_at=now(),
     ).model_dump(mode="json")
     atomic_write_bytes(out_dir / "record.json", lambda tmp: Path(tmp).write_text(json.dumps(record, indent=1)))

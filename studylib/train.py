@@ -19,12 +19,20 @@ from .record import EpochStats
 
 
 def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """Adam, AdamW or SGD (Nesterov momentum 0.9) over the trainable parameters.
+
+    The fused implementation (one kernel for all parameters) when every parameter is a float
+    tensor on the CPU or a CUDA device: for models of many small tensors it is several times
+    faster than the per-parameter loop (`studylib bench` measures the step it is part of).
+    """
     trainable = [p for p in model.parameters() if p.requires_grad]
+    fused = {"fused": True} if trainable and all(
+        p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in trainable) else {}
     if name == "adam":
-        return torch.optim.Adam(trainable, lr=lr, weight_decay=weight_decay)
+        return torch.optim.Adam(trainable, lr=lr, weight_decay=weight_decay, **fused)
     if name == "adamw":
-        return torch.optim.AdamW(trainable, lr=lr, weight_decay=weight_decay)
-    return torch.optim.SGD(trainable, lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
+        return torch.optim.AdamW(trainable, lr=lr, weight_decay=weight_decay, **fused)
+    return torch.optim.SGD(trainable, lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay, **fused)
 
 
 def build_schedule(optimizer, name: str, lr: float, total_steps: int):

@@ -1,0 +1,482 @@
+"""`studylib bench`: how close the study's training loop runs to this machine's limit.
+
+For each model, image size and batch size, in one process, with the same model and optimizer:
+
+(a) a bare training step on in-memory random tensors (forward, loss, zero_grad, backward,
+    optimizer step): the ceiling for this model on this machine;
+(b) the study's own loop, `studylib.train.train_epoch`, over the real training split through
+    the real data path (tensor cache, `TensorBatches`, augmentation, schedule, running metrics).
+
+Both pass over the same number of images in the same batch sizes, so their ratio is fair; they
+are measured in alternating rounds (a b, b a, ...) so that other load on the machine hits both,
+and the medians are reported. Warm-up steps run first, are excluded from both, and are reported
+(`warmup_seconds`; with `--compile`, the warm-up time above the steady step time is
+`compile_seconds`). On CUDA every clock is read after a synchronise. Inference is measured too:
+batch-1 latency and batch-64 throughput, in eval mode without gradients.
+
+One CSV row per model is appended to results/bench/benchmark-train-<precision>-<layout>-pt<torch>-<device>.csv
+(named like timm's results files); `load_bench_table()` reads them for the book's methods chapter.
+
+`runner_overhead(notebooks)` reads executed notebooks' papermill clocks and records: how much of
+each notebook's wall time is kernel start-up, imports and plots, and how much is training and evaluation.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import statistics
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterable, Optional
+
+import pandas as pd
+
+from .errors import ParameterError
+
+DEFAULT_MODELS = ["mobilenet_v3_small", "shufflenet_v2_x1_0"]
+
+COLUMNS = [
+    "model", "dataset", "image_size", "batch_size", "precision", "layout", "compile", "device", "device_name",
+    "torch_threads", "images", "rounds",
+    "bare_samples_per_sec", "loop_samples_per_sec", "loop_ratio", "bare_step_ms", "loop_step_ms",
+    "data_wait_share", "warmup_steps", "warmup_seconds", "compile_seconds",
+    "infer_latency_ms", "infer_batch_size", "infer_samples_per_sec",
+    "param_count", "gmacs", "torch", "git_sha", "measured_at",
+]
+
+# what the book shows (load_bench_table's default): the rest stays in the CSV
+SUMMARY = ["model", "image_size", "batch_size", "precision", "layout", "compile", "device",
+           "bare_samples_per_sec", "loop_samples_per_sec", "loop_ratio", "data_wait_share",
+           "infer_latency_ms", "infer_samples_per_sec", "warmup_seconds", "compile_seconds", "measured_at"]
+
+
+# ---------------------------------------------------------------- names
+
+def precision_name(amp: bool, device: str) -> str:
+    """bf16 when autocast is on (CUDA only, as in training), else fp32."""
+    return "bf16" if amp and device.startswith("cuda") else "fp32"
+
+
+def layout_name(channels_last: bool, device: str) -> str:
+    """nhwc when channels_last is on (CUDA only, as in training), else nchw."""
+    return "nhwc" if channels_last and device.startswith("cuda") else "nchw"
+
+
+def device_tag(device: str) -> str:
+    """'cpu', or timm's style for a GPU: cu<CUDA version>-<GPU name>, e.g. cu132-h100-80gb-hbm3."""
+    import torch
+    if not device.startswith("cuda"):
+        return "cpu"
+    name = torch.cuda.get_device_name(torch.device(device)).lower()
+    name = re.sub(r"\b(nvidia|geforce)\b", "", name)
+    name = re.sub(r"[^a-z0-9]+", "-", name).strip("-")
+    return f"cu{(torch.version.cuda or '').replace('.', '')}-{name}"
+
+
+def torch_tag() -> str:
+    """pt<major><minor><patch>, as timm names its files (2.4.0 -> pt240)."""
+    import torch
+    return "pt" + "".join(torch.__version__.split("+")[0].split(".")[:3])
+
+
+def csv_name(precision: str, layout: str, device: str) -> str:
+    return f"benchmark-train-{precision}-{layout}-{torch_tag()}-{device_tag(device)}.csv"
+
+
+def bench_dir(results_dir: Optional[str | Path] = None) -> Path:
+    from .paths import results_dir as default_results
+    return Path(results_dir) if results_dir else default_results() / "bench"
+
+
+# ---------------------------------------------------------------- measuring
+
+def _bare_steps(model, optimizer, loss_fn, inputs: dict, sizes: list[int], device: str, amp: bool,
+                per_step: bool = False):
+    """One bare training step per batch size in `sizes`; seconds in all (or per step)."""
+    from .train import autocast, synchronize
+    times = []
+    synchronize(device)
+    start = t = time.perf_counter()
+    for b in sizes:
+        x, y = inputs[b]
+        with autocast(device, amp):
+            out = model(x)
+            loss = loss_fn(out, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if per_step:
+            synchronize(device)
+            now = time.perf_counter()
+            times.append(now - t)
+            t = now
+    synchronize(device)
+    return times if per_step else time.perf_counter() - start
+
+
+def _inference(model, image_size: int, batch_size: int, device: str, amp: bool, memory_format,
+               latency_calls: int, throughput_calls: int, warmup: int) -> dict:
+    """Batch-1 latency (median ms over single synchronised calls) and batch-N throughput, eval mode."""
+    import torch
+
+    from .train import autocast, synchronize
+
+    def batch(n):
+        return torch.randn(n, 3, image_size, image_size, device=device).contiguous(memory_format=memory_format)
+
+    model.eval()
+    first = []
+    try:
+        with torch.no_grad(), autocast(device, amp):
+            x1, xb = batch(1), batch(batch_size)
+            for x in (x1, xb):              # warm-up, each shape (compilation happens here)
+                for _ in range(max(1, warmup)):
+                    synchronize(device)
+                    t = time.perf_counter()
+                    model(x)
+                    synchronize(device)
+                    first.append((x.shape[0], time.perf_counter() - t))
+            lat = []
+            for _ in range(latency_calls):
+                synchronize(device)
+                t = time.perf_counter()
+                model(x1)
+                synchronize(device)
+                lat.append(time.perf_counter() - t)
+            synchronize(device)
+            t = time.perf_counter()
+            for _ in range(throughput_calls):
+                model(xb)
+            synchronize(device)
+            seconds = time.perf_counter() - t
+    finally:
+        model.train()
+    latency = statistics.median(lat)
+    per_batch = seconds / throughput_calls
+    excess = sum(max(0.0, s - (latency if n == 1 else per_batch)) for n, s in first)
+    return {"infer_latency_ms": latency * 1e3, "infer_batch_size": batch_size,
+            "infer_samples_per_sec": batch_size / per_batch, "infer_warmup_excess": excess}
+
+
+def bench_one(params, rounds: int = 3, warmup: int = 5, infer: bool = True, infer_batch_size: int = 64,
+              latency_calls: int = 50, throughput_calls: int = 10, log=print) -> dict:
+    """Measure (a) the bare step and (b) the study's loop for one TrainParams; returns one CSV row."""
+    import torch
+    from torch import nn
+
+    from . import environment
+    from .models import count_parameters, gmacs
+    from .profiling import FirstBatches
+    from .run import batches, build_model, load_run_data, seed_everything
+    from .train import build_optimizer, build_schedule, synchronize, train_epoch
+
+    device = environment.resolve_device(params.device)
+    seed_everything(params.seed)
+    data = load_run_data(params)
+    num_classes = len(data.dataset.classes)
+    train_b = batches(data, "train", params, device, train=True)
+    model = build_model(params, num_classes, device)
+    total_params, _ = count_parameters(model)
+    macs = gmacs(model, params.image_size)
+    step_model = torch.compile(model) if params.compile else model
+    optimizer = build_optimizer(model, params.optimizer, params.lr, params.weight_decay)
+    warm_loop = min(warmup, len(train_b))
+    schedule = build_schedule(optimizer, params.schedule, params.lr, warm_loop + rounds * len(train_b))
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=params.label_smoothing)
+
+    sizes = train_b.batch_sizes()
+    images = sum(sizes)
+    fmt = train_b.memory_format
+    g = torch.Generator(device="cpu").manual_seed(params.seed)
+    inputs = {b: (torch.randn(b, 3, params.image_size, params.image_size, generator=g).to(device).contiguous(memory_format=fmt),
+                  torch.randint(0, num_classes, (b,), generator=g).to(device)) for b in sorted(set(sizes))}
+
+    # Warm-up, excluded from both measurements: bare steps at the full batch size, one at each other
+    # size (the last, smaller batch), then the loop's own first steps.
+    full = max(sizes)
+    warm_sizes = [full] * max(1, warmup) + [b for b in sorted(set(sizes)) if b != full]
+    t_warm = time.perf_counter()
+    warm_times = _bare_steps(step_model, optimizer, loss_fn, inputs, warm_sizes, device, params.amp, per_step=True)
+    if warm_loop:
+        train_epoch(step_model, FirstBatches(train_b, warm_loop), optimizer, schedule, loss_fn, device, params.amp)
+    synchronize(device)
+    warmup_seconds = time.perf_counter() - t_warm
+
+    bare, loop, wait = [], [], []
+    for r in range(rounds):
+        order = ("bare", "loop") if r % 2 == 0 else ("loop", "bare")
+        for what in order:
+            if what == "bare":
+                bare.append(_bare_steps(step_model, optimizer, loss_fn, inputs, sizes, device, params.amp))
+            else:
+                stats = train_epoch(step_model, train_b, optimizer, schedule, loss_fn, device, params.amp)
+                assert stats["images"] == images
+                loop.append(stats["seconds"])
+                wait.append(stats["data_wait"] / stats["seconds"])
+    bare_s, loop_s = statistics.median(bare), statistics.median(loop)
+    row = {
+        "model": params.model, "dataset": params.dataset, "image_size": params.image_size,
+        "batch_size": params.batch_size, "precision": precision_name(params.amp, device),
+        "layout": layout_name(params.channels_last, device), "compile": params.compile, "device": device,
+        "device_name": environment.hardware(device)["gpu_name"] or environment.cpu_model(),
+        "torch_threads": torch.get_num_threads(), "images": images, "rounds": rounds,
+        "bare_samples_per_sec": images / bare_s, "loop_samples_per_sec": images / loop_s,
+        # the ratio of each round's adjacent pair, then the median: drift in other load cancels out
+        "loop_ratio": statistics.median(b / lp for b, lp in zip(bare, loop)),
+        "bare_step_ms": bare_s / len(sizes) * 1e3, "loop_step_ms": loop_s / len(sizes) * 1e3,
+        "data_wait_share": statistics.median(wait),
+        "warmup_steps": len(warm_sizes) + warm_loop, "warmup_seconds": warmup_seconds,
+        "compile_seconds": None,
+        "infer_latency_ms": None, "infer_batch_size": None, "infer_samples_per_sec": None,
+        "param_count": total_params, "gmacs": macs, "torch": torch.__version__,
+        "git_sha": environment.git_sha(), "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    excess = sum(max(0.0, t - b * bare_s / images) for t, b in zip(warm_times, warm_sizes))
+    if infer:
+        inf = _inference(step_model, params.image_size, infer_batch_size, device, params.amp, fmt,
+                         latency_calls, throughput_calls, warmup)
+        excess += inf.pop("infer_warmup_excess")
+        row.update(inf)
+    if params.compile:
+        row["compile_seconds"] = excess
+    return row
+
+
+def append_row(row: dict, results_dir: Optional[str | Path] = None) -> Path:
+    """Append one row to its timm-style CSV (written to a temp name, then renamed into place)."""
+    path = bench_dir(results_dir) / csv_name(row["precision"], row["layout"], row["device"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    new = pd.DataFrame([row], columns=COLUMNS)
+    table = pd.concat([pd.read_csv(path), new], ignore_index=True) if path.is_file() else new
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    os.close(fd)
+    try:
+        table.to_csv(tmp, index=False, float_format="%.6g")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def load_bench_table(results_dir: Optional[str | Path] = None, full: bool = False,
+                     latest: bool = True) -> Optional[pd.DataFrame]:
+    """Every benchmark-train-*.csv under results/bench as one table, or None when there is none.
+
+    latest: keep the newest row per model and setting (a rerun replaces the row in the book);
+    full: every column of the CSV, else the ones the methods chapter shows.
+    """
+    files = sorted(bench_dir(results_dir).glob("benchmark-train-*.csv"))
+    frames = [pd.read_csv(f).assign(file=f.name) for f in files]
+    frames = [f for f in frames if len(f)]
+    if not frames:
+        return None
+    table = pd.concat(frames, ignore_index=True)
+    if latest:
+        key = ["model", "dataset", "image_size", "batch_size", "precision", "layout", "compile", "device", "device_name"]
+        table = table.sort_values("measured_at").drop_duplicates(key, keep="last")
+    table = table.sort_values(["device", "precision", "layout", "compile", "model"]).reset_index(drop=True)
+    return table if full else table[[c for c in SUMMARY if c in table]]
+
+
+# ---------------------------------------------------------------- runner overhead
+
+def _work_seconds(record: dict) -> float:
+    """Seconds a stage's record spent training and evaluating (0 for stages that do neither)."""
+    if not record or record.get("status") != "ok":
+        return 0.0
+    if record.get("stage") == "train":
+        return float(record.get("train_seconds") or 0) + float(record.get("eval_seconds") or 0)
+    if record.get("stage") == "tune":  # the trials, and the train runs of the best and default settings
+        return sum(float(record.get(k) or 0) for k in ("process_seconds", "retrain_seconds", "default_seconds"))
+    return 0.0
+
+
+def runner_overhead(notebook_paths: Iterable[str | Path]) -> pd.DataFrame:
+    """One row per executed notebook: where its wall time went, from papermill's clocks and its record.
+
+    wall_seconds: the grid runner's clock around papermill when it recorded one, else papermill's
+    duration; startup_seconds: papermill's start to the first cell (kernel start-up); setup_seconds:
+    the cells before the longest cell (imports, parameter checks) plus that cell's time outside
+    training and evaluation (more imports, data from the cache, model building, checkpoint);
+    work_seconds: training and evaluation as the record timed them (train: train_seconds +
+    eval_seconds); after_seconds: the cells after it (tables, figures, glue); other_seconds: the rest
+    (papermill between cells and writing the notebook, the runner). work_share = work / wall.
+    """
+    import nbformat
+    import scrapbook as sb
+
+    rows = []
+    for path in notebook_paths:
+        path = Path(path)
+        nb = nbformat.read(path, as_version=4)
+        pm = nb.metadata.get("papermill", {})
+        execution = nb.metadata.get("studylib", {}).get("execution", {})
+        scraps = sb.read_notebook(str(path)).scraps
+        record = scraps["record"].data if "record" in scraps else {}
+        cells = [c.metadata.get("papermill", {}) for c in nb.cells if c.cell_type == "code"]
+        cells = [c for c in cells if c.get("duration") is not None]
+        notebook_seconds = float(pm.get("duration") or 0.0)
+        wall = float(execution.get("wall_seconds") or notebook_seconds)
+        startup = None
+        if pm.get("start_time") and cells and cells[0].get("start_time"):
+            startup = (datetime.fromisoformat(cells[0]["start_time"]) - datetime.fromisoformat(pm["start_time"])).total_seconds()
+        durations = [float(c["duration"]) for c in cells]
+        work = _work_seconds(record)
+        k = max(range(len(durations)), key=durations.__getitem__) if durations else 0
+        setup = sum(durations[:k]) + (durations[k] - work if durations else 0.0)
+        after = sum(durations[k + 1:])
+        rows.append({
+            "notebook": str(path), "run_id": record.get("run_id"), "stage": record.get("stage") or
+            nb.metadata.get("studylib", {}).get("cell", {}).get("stage"), "status": record.get("status"),
+            "wall_seconds": wall, "notebook_seconds": notebook_seconds, "startup_seconds": startup,
+            "setup_seconds": setup, "work_seconds": work, "after_seconds": after,
+            "other_seconds": wall - (startup or 0.0) - sum(durations),
+            "work_share": work / wall if wall else None,
+        })
+    return pd.DataFrame(rows, columns=["notebook", "run_id", "stage", "status", "wall_seconds", "notebook_seconds",
+                                       "startup_seconds", "setup_seconds", "work_seconds", "after_seconds",
+                                       "other_seconds", "work_share"])
+
+
+def overhead_by_stage(frame: pd.DataFrame) -> pd.DataFrame:
+    """runner_overhead's rows summed per stage, plus an `all` row: the share of notebook wall time in training and evaluation.
+
+    With one grid worker (the default) the notebooks run one after another, so `all` is the share
+    of the grid's wall time; with several workers they overlap and it is the share of worker time.
+    """
+    cols = ["wall_seconds", "startup_seconds", "setup_seconds", "work_seconds", "after_seconds", "other_seconds"]
+    if frame.empty:
+        return pd.DataFrame(columns=["stage", "notebooks", *cols, "work_share", "median_startup_seconds"])
+    parts = [(stage, g) for stage, g in frame.groupby("stage", sort=False)] + [("all", frame)]
+    out = pd.DataFrame([{"stage": s, "notebooks": len(g), **{c: g[c].sum() for c in cols},
+                         "median_startup_seconds": g["startup_seconds"].median()} for s, g in parts])
+    out["work_share"] = out["work_seconds"] / out["wall_seconds"]
+    return out
+
+
+def study_notebooks(study: str) -> list[Path]:
+    """The executed notebooks of a collected study (results/<study>/records.jsonl), in run order."""
+    from .paths import book_dir
+    from .results import load_records
+    return [book_dir() / r["notebook"] for r in load_records(study) if r.get("notebook")
+            and (book_dir() / r["notebook"]).is_file()]
+
+
+# ---------------------------------------------------------------- CLI
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = __doc__.split("\n\n")[0]
+    parser.add_argument("--model", nargs="+", default=None,
+                        help=f"models to measure (default: {' '.join(DEFAULT_MODELS)}, or every model of --grid)")
+    parser.add_argument("--grid", default=None,
+                        help="take models, dataset, image size, batch size and training settings from a grid "
+                             "file's train cells, e.g. params/quick.yaml (--model then filters them)")
+    parser.add_argument("--dataset", default=None, help="dataset (default: the study's default, clothing10)")
+    parser.add_argument("--image-size", type=int, default=None, help="pixels (default 64, the quick study's)")
+    parser.add_argument("--batch-size", type=int, default=None, help="training batch size (default 64)")
+    parser.add_argument("--train-limit", type=int, default=None,
+                        help="training images per pass (default 0: the whole training split)")
+    parser.add_argument("--device", default=None, help="auto (default), cpu, cuda or cuda:N")
+    parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                        help="bf16 autocast, CUDA only (default: the study's setting, on)")
+    parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                        help="channels_last memory layout, CUDA only (default: the study's setting, on)")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                        help="torch.compile the model (default: the study's setting, off)")
+    parser.add_argument("--rounds", type=int, default=3, help="measured passes of each of (a) and (b), alternating (default 3)")
+    parser.add_argument("--warmup", type=int, default=5, help="warm-up steps before measuring, excluded and reported (default 5)")
+    parser.add_argument("--no-infer", dest="infer", action="store_false", help="skip the inference measurements")
+    parser.add_argument("--infer-batch-size", type=int, default=64, help="batch size of the inference throughput (default 64)")
+    parser.add_argument("--latency-calls", type=int, default=50, help="timed batch-1 calls (default 50)")
+    parser.add_argument("--throughput-calls", type=int, default=10, help="timed batches for the inference throughput (default 10)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads for PyTorch (default: PyTorch's choice, as in training)")
+    parser.add_argument("--results-dir", default=None, help="where the CSV goes (default results/bench)")
+
+
+def configurations(args) -> list:
+    """The TrainParams to measure, every one validated before any measurement starts."""
+    from .params import TrainParams
+
+    for name in ("rounds", "infer_batch_size", "latency_calls", "throughput_calls", "threads"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise ParameterError(f"--{name.replace('_', '-')}", getattr(args, name), "a positive integer")
+    if args.warmup < 0:
+        raise ParameterError("--warmup", args.warmup, "zero or more")
+    given = {k: v for k, v in {"dataset": args.dataset, "image_size": args.image_size, "batch_size": args.batch_size,
+                               "train_limit": args.train_limit, "device": args.device, "amp": args.amp,
+                               "channels_last": args.channels_last, "compile": args.compile}.items() if v is not None}
+    if args.grid:
+        from .grid import load_grid
+        _, cells = load_grid(args.grid)
+        bases, seen = [], set()
+        for c in cells["train"]:
+            p = {k: v for k, v in c.params.items() if k not in ("seed", "epochs", "early_stopping", "profile", "targets")}
+            key = tuple(sorted((k, str(v)) for k, v in p.items()))
+            if key not in seen and (not args.model or p["model"] in args.model):
+                seen.add(key)
+                bases.append(p)
+        if args.model and not bases:
+            raise ParameterError("--model", " ".join(args.model), f"a model of {args.grid}'s train cells")
+    else:
+        bases = [{"model": m, "image_size": 64} for m in (args.model or DEFAULT_MODELS)]
+    out = []
+    for base in bases:
+        values = {**base, **given}
+        try:
+            out.append(TrainParams.from_mapping(values))
+        except ParameterError as err:
+            flag = "--" + err.parameter.replace("_", "-")
+            raise ParameterError(flag if err.parameter in given or err.parameter == "model" else err.parameter,
+                                 err.value, err.allowed) from None
+    return out
+
+
+def run(args) -> int:
+    try:
+        configs = configurations(args)
+    except ParameterError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    import torch
+    threads = torch.get_num_threads()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        for params in configs:
+            _bench_and_print(params, args)
+    finally:
+        torch.set_num_threads(threads)
+    return 0
+
+
+def _bench_and_print(params, args) -> None:
+    """Measure one configuration, append its row, print what was measured."""
+    import torch
+
+    from .environment import resolve_device
+    device = resolve_device(params.device)
+    ignored = [f for f, on in (("--amp", params.amp), ("--channels-last", params.channels_last)) if on]
+    note = f" ({' and '.join(ignored)} apply on CUDA only, as in training)" if ignored and device == "cpu" else ""
+    print(f"{params.model}: {params.image_size} px, batch {params.batch_size}, {params.dataset}, {device}, "
+          f"{torch.get_num_threads()} threads{note}", flush=True)
+    row = bench_one(params, rounds=args.rounds, warmup=args.warmup, infer=args.infer,
+                    infer_batch_size=args.infer_batch_size, latency_calls=args.latency_calls,
+                    throughput_calls=args.throughput_calls)
+    path = append_row(row, args.results_dir)
+    print(f"  (a) bare step  {row['bare_samples_per_sec']:9.1f} images/s  ({row['bare_step_ms']:.1f} ms/step)\n"
+          f"  (b) study loop {row['loop_samples_per_sec']:9.1f} images/s  ({row['loop_step_ms']:.1f} ms/step)\n"
+          f"  loop / bare    {row['loop_ratio']:9.3f}   data wait {row['data_wait_share']:.1%} of the loop's time"
+          f"   [{row['images']} images per pass, median of {row['rounds']} rounds; "
+          f"warm-up {row['warmup_steps']} steps, {row['warmup_seconds']:.1f} s, excluded]", flush=True)
+    if row["compile_seconds"] is not None:
+        print(f"  compile        {row['compile_seconds']:9.1f} s (warm-up above the steady step time)")
+    if row["infer_latency_ms"] is not None:
+        print(f"  inference      batch 1: {row['infer_latency_ms']:.2f} ms median latency; "
+              f"batch {row['infer_batch_size']}: {row['infer_samples_per_sec']:.1f} images/s", flush=True)
+    print(f"  -> {path}", flush=True)

@@ -1,0 +1,112 @@
+"""`studylib bench` writes a timm-style CSV row; its table and the runner-overhead report read back.
+
+No timing is asserted: the numbers are measured, not tested (the machine is shared).
+"""
+import json
+import math
+from pathlib import Path
+
+import nbformat
+import pandas as pd
+import pytest
+
+from studylib import bench
+from studylib.cli import main
+
+TINY = ["--model", "shufflenet_v2_x0_5", "--image-size", "32", "--batch-size", "32", "--train-limit", "80",
+        "--rounds", "2", "--warmup", "1", "--latency-calls", "3", "--throughput-calls", "2", "--infer-batch-size", "8",
+        "--threads", "1"]  # one thread: no OpenMP barriers waiting on cores other helpers' jobs hold
+
+
+def test_bench_writes_a_row_with_every_column(study_env, tmp_path, capsys):
+    out = tmp_path / "bench"
+    assert main(["bench", *TINY, "--results-dir", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "(a) bare step" in printed and "(b) study loop" in printed and "loop / bare" in printed
+    files = list(out.glob("*.csv"))
+    assert [f.name for f in files] == [f"benchmark-train-fp32-nchw-{bench.torch_tag()}-cpu.csv"]
+    table = pd.read_csv(files[0])
+    assert list(table.columns) == bench.COLUMNS and len(table) == 1
+    row = table.iloc[0]
+    assert row["model"] == "shufflenet_v2_x0_5" and row["image_size"] == 32 and row["batch_size"] == 32
+    # (a) and (b) passed over the same images: 80 training images in batches of 32, 32 and 16
+    assert row["images"] == 80 and row["rounds"] == 2 and row["warmup_steps"] == 1 + 1 + 1
+    for col in ("bare_samples_per_sec", "loop_samples_per_sec", "loop_ratio", "infer_latency_ms", "infer_samples_per_sec"):
+        assert row[col] > 0, col
+    assert math.isclose(row["loop_ratio"], row["loop_samples_per_sec"] / row["bare_samples_per_sec"], rel_tol=0.5)
+    assert 0 <= row["data_wait_share"] < 1 and row["infer_batch_size"] == 8
+    assert pd.isna(row["compile_seconds"]) and not row["compile"]
+    assert printed.count("-> ") == 1
+
+    # a second run appends; the book's table keeps the newest row per setting
+    assert main(["bench", *TINY, "--no-infer", "--results-dir", str(out)]) == 0
+    assert len(pd.read_csv(files[0])) == 2
+    shown = bench.load_bench_table(out)
+    assert len(shown) == 1 and list(shown.columns) == bench.SUMMARY and pd.isna(shown.iloc[0]["infer_latency_ms"])
+    assert len(bench.load_bench_table(out, full=True, latest=False)) == 2
+    assert bench.load_bench_table(tmp_path / "nothing") is None
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--model", "no_such_net"], "parameter '--model' is 'no_such_net'"),
+    (["--image-size", "0"], "parameter '--image-size' is 0"),
+    (["--rounds", "0"], "parameter '--rounds' is 0, but it must be a positive integer."),
+    (["--device", "tpu"], "parameter '--device' is 'tpu'"),
+])
+def test_bad_arguments_stop_before_any_work(study_env, tmp_path, capsys, argv, message):
+    assert main(["bench", *argv, "--results-dir", str(tmp_path)]) == 2
+    assert message in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
+def test_names_follow_timm():
+    assert bench.precision_name(True, "cpu") == "fp32" and bench.precision_name(True, "cuda") == "bf16"
+    assert bench.layout_name(True, "cpu") == "nchw" and bench.layout_name(True, "cuda:0") == "nhwc"
+    assert bench.torch_tag().startswith("pt") and bench.torch_tag()[2:].isdigit()
+    assert bench.csv_name("fp32", "nchw", "cpu") == f"benchmark-train-fp32-nchw-{bench.torch_tag()}-cpu.csv"
+
+
+def _executed_notebook(path: Path, record: dict, durations: list[float], startup: float, wall: float):
+    """A notebook as papermill and the grid runner leave it: clocks in the metadata, the record glued."""
+    from datetime import datetime, timedelta
+    t0 = datetime(2026, 1, 1, 12, 0, 0)
+    nb = nbformat.v4.new_notebook()
+    t = t0 + timedelta(seconds=startup)
+    for i, d in enumerate(durations):
+        cell = nbformat.v4.new_code_cell(f"x = {i}")
+        cell.metadata["papermill"] = {"start_time": t.isoformat(), "end_time": (t + timedelta(seconds=d)).isoformat(),
+                                      "duration": d, "status": "completed"}
+        t += timedelta(seconds=d)
+        nb.cells.append(cell)
+    nb.cells[-1].outputs = [nbformat.v4.new_output("display_data", data={
+        "application/scrapbook.scrap.json+json": {"name": "record", "data": record, "encoder": "json", "version": 1}},
+        metadata={"scrapbook": {"name": "record", "data": True, "display": False}})]
+    total = (t - t0).total_seconds() + 0.5
+    nb.metadata["papermill"] = {"start_time": t0.isoformat(), "end_time": (t0 + timedelta(seconds=total)).isoformat(),
+                                "duration": total}
+    nb.metadata["studylib"] = {"execution": {"wall_seconds": wall}}
+    nbformat.write(nb, str(path))
+    return path
+
+
+def test_runner_overhead_splits_wall_time(tmp_path):
+    train = _executed_notebook(tmp_path / "train.ipynb",
+                               {"run_id": "train-x", "stage": "train", "status": "ok", "train_seconds": 90.0,
+                                "eval_seconds": 2.0},
+                               durations=[0.1, 1.5, 95.0, 1.0, 0.4], startup=2.0, wall=101.0)
+    cost = _executed_notebook(tmp_path / "cost.ipynb", {"run_id": "cost-x", "stage": "cost", "status": "ok"},
+                              durations=[0.2, 3.0], startup=1.5, wall=5.0)
+    frame = bench.runner_overhead([train, cost])
+    t = frame.set_index("stage").loc["train"]
+    assert t["run_id"] == "train-x" and t["wall_seconds"] == 101.0
+    assert t["startup_seconds"] == pytest.approx(2.0) and t["work_seconds"] == pytest.approx(92.0)
+    assert t["setup_seconds"] == pytest.approx(0.1 + 1.5 + 95.0 - 92.0)
+    assert t["after_seconds"] == pytest.approx(1.4)
+    assert t["startup_seconds"] + t["setup_seconds"] + t["work_seconds"] + t["after_seconds"] + t["other_seconds"] \
+        == pytest.approx(101.0)
+    assert t["work_share"] == pytest.approx(92.0 / 101.0)
+    assert frame.set_index("stage").loc["cost", "work_seconds"] == 0.0
+    stages = bench.overhead_by_stage(frame).set_index("stage")
+    assert list(stages.index) == ["train", "cost", "all"]
+    assert stages.loc["all", "work_share"] == pytest.approx(92.0 / 106.0)
+    json.dumps(frame.to_dict(orient="records"))  # plain values, ready for the book

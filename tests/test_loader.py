@@ -1,0 +1,54 @@
+"""The data path: the one-gather crop and flip equals the per-image definition; batches repeat exactly."""
+import torch
+import torch.nn.functional as F
+
+from studylib.loader import TensorBatches, random_crop_flip
+
+
+def reference_crop_flip(x, seed, pad):
+    """The definition, one image at a time: reflect-pad, crop at a random offset, flip half the images."""
+    g = torch.Generator().manual_seed(seed)
+    b, _, h, w = x.shape
+    flip = torch.rand(b, generator=g) < 0.5
+    offsets = torch.randint(0, 2 * pad + 1, (b, 2), generator=g) if pad else torch.zeros(b, 2, dtype=torch.long)
+    padded = F.pad(x.float(), (pad,) * 4, mode="reflect").to(x.dtype) if pad else x
+    out = []
+    for i in range(b):
+        dy, dx = offsets[i].tolist()
+        img = padded[i, :, dy:dy + h, dx:dx + w]
+        out.append(img.flip(-1) if flip[i] else img)
+    return torch.stack(out)
+
+
+def test_crop_flip_matches_the_per_image_definition():
+    x = torch.randint(0, 256, (24, 3, 16, 16), dtype=torch.uint8)
+    for pad in (0, 1, 3):
+        got = random_crop_flip(x, torch.Generator().manual_seed(7), pad)
+        assert got.dtype == torch.uint8 and got.shape == x.shape
+        assert torch.equal(got, reference_crop_flip(x, 7, pad))
+    # float input gives the same pixels
+    got = random_crop_flip(x.float(), torch.Generator().manual_seed(7), 2)
+    assert torch.equal(got, reference_crop_flip(x, 7, 2).float())
+
+
+def test_batches_are_normalised_and_repeat_with_the_seed():
+    images = torch.randint(0, 256, (50, 3, 16, 16), dtype=torch.uint8)
+    labels = torch.arange(50) % 5
+    mean, std = [0.4, 0.5, 0.6], [0.2, 0.25, 0.3]
+
+    def epoch(**kw):
+        tb = TensorBatches(images, labels, 16, mean=mean, std=std, **kw)
+        return [(x.clone(), y.clone()) for x, y in tb]
+
+    plain = epoch()
+    assert [len(y) for _, y in plain] == [16, 16, 16, 2]
+    m = torch.tensor(mean).view(1, 3, 1, 1) * 255
+    s = torch.tensor(std).view(1, 3, 1, 1) * 255
+    assert torch.equal(torch.cat([x for x, _ in plain]), (images.float() - m) / s)
+    assert torch.equal(torch.cat([y for _, y in plain]), labels)
+
+    a, b = epoch(shuffle=True, augment=True, seed=3), epoch(shuffle=True, augment=True, seed=3)
+    assert all(torch.equal(x1, x2) and torch.equal(y1, y2) for (x1, y1), (x2, y2) in zip(a, b))
+    order = torch.cat([y for _, y in a])
+    assert sorted(order.tolist()) == sorted(labels.tolist()) and not torch.equal(order, labels)
+    assert TensorBatches(images, labels, 16, mean=mean, std=std).batch_sizes() == [16, 16, 16, 2]
