@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 import sys
 from pathlib import Path
 
@@ -120,7 +121,8 @@ def write_report(study: str, log=None) -> int:
     """Report pages for the study, then the table of contents. Returns 0, or 1 if a page failed."""
     log = log or (lambda msg: print(msg, file=sys.stderr))
     sync_sources()
-    ok = all([execute_page(page, study, log) for page in REPORT_PAGES])
+    with ThreadPoolExecutor(len(REPORT_PAGES)) as pool:   # each page is its own kernel: run them side by side
+        ok = all(pool.map(lambda page: execute_page(page, study, log), REPORT_PAGES))
     path = write_toc(study)
     log(f"[report] table of contents: {path}; build the book with `jupyter-book build {book_dir()}`")
     return 0 if ok else 1

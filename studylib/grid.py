@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .errors import ParameterError
 from .paths import book_dir, project_root, results_dir
-from .record import Record, TrainRecord, params_hash, run_id
+from .record import Record, params_hash, run_id
 
 KERNEL_ARGS = ["--log-level=ERROR"]     # quiet the kernel's start-up warnings in the grid's log
 STAGES = ("data_prep", "train", "tune", "deploy", "cost")
@@ -147,9 +147,9 @@ def load_grid(path: str | Path) -> tuple[Grid, dict[str, list[Cell]]]:
         raise ParameterError("train", None, "at least one block of datasets and models when stages include train")
     with contextlib.chdir(project_root()):   # relative data roots are relative to the project
         train = expand_train(grid)
-    cells = {"train": train}
-    cells["data_prep"] = expand_data_prep(grid, train)
-    cells["tune"] = expand_tune(grid, train)
+    cells = {"train": train if "train" in grid.stages else []}
+    cells["data_prep"] = expand_data_prep(grid, train) if "data_prep" in grid.stages else []
+    cells["tune"] = expand_tune(grid, train) if "tune" in grid.stages else []
     for stage in ("data_prep", "tune", "deploy", "cost"):
         section = getattr(grid, stage)
         if stage in grid.stages and section is not None:
@@ -335,6 +335,12 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
+def record_model(stage: str):
+    """The stage's record schema in studylib.record: data_prep -> DataPrepRecord, ...; else the base Record."""
+    from . import record
+    return getattr(record, "".join(w.capitalize() for w in stage.split("_")) + "Record", Record)
+
+
 def valid_record(path: Path, stage: str) -> Optional[dict]:
     """The notebook's `record` scrap when it is there, validates and says ok; else None."""
     if not path.is_file():
@@ -345,7 +351,7 @@ def valid_record(path: Path, stage: str) -> Optional[dict]:
         if "record" not in scraps:
             return None
         data = scraps["record"].data
-        (TrainRecord if stage == "train" else Record).model_validate(data)
+        record_model(stage).model_validate(data)
         return data if data.get("status") == "ok" else None
     except Exception:  # unreadable, half-written or invalid: not done
         return None

@@ -172,6 +172,11 @@ def test_cost_page_changes_when_the_study_gains_a_run():
     assert G.expand_cost(g, "t", ["r1", "r2", "r3"])[0].run_id != one.run_id
 
 
+def test_each_stage_validates_against_its_record_model():
+    assert [G.record_model(s).__name__ for s in G.STAGES] == [
+        "DataPrepRecord", "TrainRecord", "TuneRecord", "DeployRecord", "CostRecord"]
+
+
 def test_a_notebook_without_a_valid_record_is_not_done(tmp_path):
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("1")])
     path = tmp_path / "x.ipynb"
