@@ -411,9 +411,26 @@ def tune(params: TuneParams) -> TuneOutcome:
         return max(vals) if tp.early_stopping else vals[-1]
 
     t1 = time.perf_counter()
-    study.optimize(objective, n_trials=remaining, timeout=params.timeout or None,
-                   callbacks=[optuna.study.MaxTrialsCallback(params.n_trials, states=COUNTED)])
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)   # one plain line per trial instead (log_trial)
+    try:
+        study.optimize(objective, n_trials=remaining, timeout=params.timeout or None,
+                       callbacks=[optuna.study.MaxTrialsCallback(params.n_trials, states=COUNTED), log_trial])
+    finally:
+        optuna.logging.set_verbosity(verbosity)
     return TuneOutcome(study, mine, time.perf_counter() - t1, data_seconds, device)
+
+
+def short(params: dict) -> dict:
+    """Parameters with floats to 3 significant digits, for tables and log lines."""
+    return {k: float(f"{v:.3g}") if isinstance(v, float) else v for k, v in params.items()}
+
+
+def log_trial(study: optuna.Study, t: optuna.trial.FrozenTrial) -> None:
+    reports = t.intermediate_values
+    value = t.value if t.value is not None else (reports[max(reports)] if reports else float("nan"))
+    print(f"trial {t.number:>3} {t.state.name:<8} val top-1 {value:.3f} after {len(reports)} epoch(s), "
+          f"{trial_seconds(t):.1f} s  {short(t.params)}", flush=True)
 
 
 # --------------------------------------------------------------------------- the report
@@ -429,8 +446,8 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
         last = t.intermediate_values[max(t.intermediate_values)] if t.intermediate_values else None
         rows.append({"trial": t.number, "state": t.state.name,
                      "val_top1": t.value if t.value is not None else last,
-                     "epochs": len(t.intermediate_values), "seconds": trial_seconds(t),
-                     **{f"{k}": v for k, v in t.params.items()}, "worker": t.user_attrs.get("worker")})
+                     "epochs": len(t.intermediate_values), "seconds": round(trial_seconds(t), 1),
+                     **short(t.params), "worker": t.user_attrs.get("worker")})
     return pd.DataFrame(rows).set_index("trial") if rows else pd.DataFrame()
 
 
@@ -440,8 +457,8 @@ def best_and_worst(study: optuna.Study) -> pd.DataFrame:
     if not done:
         return pd.DataFrame()
     best, worst = max(done, key=lambda t: t.value), min(done, key=lambda t: t.value)
-    return pd.DataFrame([{"": "best", "trial": best.number, "val_top1": best.value, **best.params, "seconds": trial_seconds(best)},
-                         {"": "worst", "trial": worst.number, "val_top1": worst.value, **worst.params, "seconds": trial_seconds(worst)}]
+    return pd.DataFrame([{"": name, "trial": t.number, "val_top1": t.value, **short(t.params),
+                          "seconds": round(trial_seconds(t), 1)} for name, t in (("best", best), ("worst", worst))]
                         ).set_index("")
 
 
@@ -485,13 +502,13 @@ def plot(study: optuna.Study, kind: str):
             print(f"{kind.replace('_', ' ')}: not drawn ({err}).")
             return None
         fig = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
-        if kind == "slice":
+        if kind == "slice":           # these two place their own colour bar: no tight_layout
             fig.set_size_inches(2.6 * len(study.best_trial.params), 3.2)
         elif kind == "parallel_coordinate":
             fig.set_size_inches(11, 4.5)
         else:
             fig.set_size_inches(8, 4)
-        fig.tight_layout()
+            fig.tight_layout()
     return fig
 
 
