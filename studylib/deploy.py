@@ -23,10 +23,12 @@ class DeployParams(BaseModel):
     precision: Literal["fp32", "int8"] = "fp32"
     threads: int = 0                     # backend intra-op threads; 0 lets the backend choose
     workers: int = 1                     # inferences the server runs at the same time
+    spinning: bool = False               # ONNX Runtime threads spin-wait between runs
     top_k: int = 5
     concurrency: list[int] = [1, 4, 16]  # load-test client counts
     max_requests: int = 1000             # per concurrency level (and for the in-process ceiling)
     max_seconds: float = 15.0            # per concurrency level
+    paired_rounds: int = 10              # HTTP overhead: alternating rounds of HTTP and in-process requests
     warmup: int = 5                      # uncounted requests per client before each level
     calibration_images: int = 256        # train images for int8 calibration
 
@@ -50,7 +52,7 @@ class DeployParams(BaseModel):
         resolve_run(v)
         return v
 
-    @field_validator("workers", "top_k", "max_requests", "calibration_images")
+    @field_validator("workers", "top_k", "max_requests", "calibration_images", "paired_rounds")
     @classmethod
     def _positive(cls, v, info):
         if v < 1:
@@ -84,7 +86,12 @@ class DeployParams(BaseModel):
 
     def server_options(self) -> dict:
         return {"backend": self.backend, "precision": self.precision, "threads": self.threads,
-                "workers": self.workers, "top_k": self.top_k}
+                "workers": self.workers, "top_k": self.top_k, "spinning": self.spinning}
+
+    def predictor(self, folder):
+        """The server's Predictor with the server's settings, for in-process measurements."""
+        from .serve import Predictor
+        return Predictor(str(folder), self.backend, self.precision, self.threads, self.top_k, spinning=self.spinning)
 
 
 def served_format(backend: str, precision: str) -> str:
@@ -154,8 +161,10 @@ def latency_plot(levels: list[dict], ceiling: dict | None = None):
 
 
 def make_record(params: DeployParams, train_record: dict, exported, served: dict, levels: list[dict],
-                ceiling: dict, server: dict, started_at: str, finished_at: str) -> dict:
-    """The deploy stage's record, validated against studylib.record.DeployRecord."""
+                ceiling: dict, pair: dict, server: dict, started_at: str, finished_at: str) -> dict:
+    """The deploy stage's record, validated against studylib.record.DeployRecord.
+
+    pair: studylib.loadtest.paired's result; the HTTP overhead is its HTTP p50 minus its in-process p50."""
     from . import environment
     from .record import DeployRecord, run_id
     s = exported.summary
@@ -175,7 +184,7 @@ def make_record(params: DeployParams, train_record: dict, exported, served: dict
         int8_size_ratio=(sizes["onnx_int8"] / sizes["onnx"]) if int8 else None,
         served=served, served_agreement=served["agreement"], served_top1=served["top1"],
         load=levels, throughput=max(lv["throughput"] for lv in levels), latency_p50_ms=c1["p50_ms"],
-        ceiling=ceiling, inprocess_p50_ms=ceiling["p50_ms"], http_overhead_ms=c1["p50_ms"] - ceiling["p50_ms"],
+        ceiling={**ceiling, "paired": pair}, inprocess_p50_ms=ceiling["p50_ms"], http_overhead_ms=pair["overhead_p50_ms"],
         server=server, started_at=started_at, finished_at=finished_at,
     ).model_dump(mode="json")
 

@@ -79,6 +79,18 @@ def normalise(images_u8: torch.Tensor, mean, std) -> torch.Tensor:
     return ((images_u8.float() - m) / s).contiguous()
 
 
+class Normaliser:
+    """normalise() in numpy for the serving path: the same float32 operations, bit for bit, without
+    calling into torch (whose thread pool would compete with ONNX Runtime's on a small machine)."""
+
+    def __init__(self, mean, std):
+        self.m = np.asarray(mean, dtype=np.float32).reshape(1, 3, 1, 1) * np.float32(255)
+        self.s = np.asarray(std, dtype=np.float32).reshape(1, 3, 1, 1) * np.float32(255)
+
+    def __call__(self, images_u8: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray((images_u8.astype(np.float32) - self.m) / self.s)
+
+
 # ---------------------------------------------------------------- exports
 
 def export_program(model: torch.nn.Module, image_size: int, path: Path):

@@ -244,3 +244,41 @@ def in_process(predictor, images: list[ImageFile], max_requests: int = 2000, max
             "batch": {"batch_size": batch_size, "images": n,
                       "images_per_second": n / batch_elapsed if batch_elapsed else 0.0},
             "threads": predictor.threads, "torch_threads": torch.get_num_threads()}
+
+
+def paired(url: str, predictor, images: list[ImageFile], rounds: int = 10, per_round: int = 30,
+           warmup: int = 5, timeout: float = 30) -> dict:
+    """HTTP at concurrency 1 and in-process, measured in alternating rounds of `per_round` requests.
+
+    On a machine whose load changes from second to second, measuring the two paths one after the
+    other compares different moments; alternating them gives each the same mix of moments, so their
+    difference (the HTTP overhead) is not an artefact of when each ran.
+    """
+    client = Client(url, timeout)
+    bodies = [multipart("file", [img]) for img in images]
+    http_s, local_s = [], []
+    try:
+        for j in range(warmup):
+            img = images[j % len(images)]
+            client.predict(img, bodies[j % len(images)])
+            predictor.predict([(img.name, img.data)])
+        k = 0
+        for _ in range(rounds):
+            for side in ("http", "in_process"):
+                for j in range(per_round):
+                    i = (k + j) % len(images)
+                    s = time.perf_counter()
+                    if side == "http":
+                        code, _, dt = client.predict(images[i], bodies[i])
+                        if code != 200:
+                            raise RuntimeError(f"the server answered {code} to a valid image ({images[i].name})")
+                        http_s.append(dt)
+                    else:
+                        predictor.predict([(images[i].name, images[i].data)])
+                        local_s.append(time.perf_counter() - s)
+            k += per_round
+    finally:
+        client.close()
+    h, p = percentiles(http_s), percentiles(local_s)
+    return {"rounds": rounds, "per_round": per_round, "http": h, "in_process": p,
+            "overhead_p50_ms": h["p50_ms"] - p["p50_ms"]}

@@ -234,9 +234,9 @@ class DeployRecord(Record):
     load: list[LoadLevel]        # one row per concurrency
     throughput: float            # the best HTTP throughput over the concurrency levels, requests per second
     latency_p50_ms: float        # HTTP p50 at concurrency 1
-    ceiling: dict                # in-process: latency percentiles, model-only latency, batched images/s
+    ceiling: dict                # in-process: latency percentiles, model-only latency, batched images/s; paired
     inprocess_p50_ms: float      # in-process p50 of the same per-request work
-    http_overhead_ms: float      # latency_p50_ms - inprocess_p50_ms
+    http_overhead_ms: float      # HTTP p50 - in-process p50, measured in alternating rounds (ceiling.paired)
     server: dict                 # command, threads, workers, startup seconds, alive after the test
     started_at: str
     finished_at: str

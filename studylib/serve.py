@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import html
 import io
 import json
@@ -69,7 +70,7 @@ class Predictor:
     """Image bytes -> top-k labels, with the run's preprocessing and one backend session."""
 
     def __init__(self, run: str, backend: str = "onnx", precision: str = "fp32", threads: int = 0,
-                 top_k: int = 5, limits: Limits = Limits(), spinning: bool = True):
+                 top_k: int = 5, limits: Limits = Limits(), spinning: bool = False):
         from . import export
         if backend not in BACKENDS:
             raise ParameterError("backend", backend, f"one of {', '.join(BACKENDS)}")
@@ -85,8 +86,10 @@ class Predictor:
             raise ParameterError("top_k", top_k, "a positive integer")
         top_k = min(top_k, len(self.classes))
         self.backend, self.precision, self.threads, self.top_k, self.limits = backend, precision, threads, top_k, limits
+        self.spinning = spinning
         self.image_size = int(self.record["image_size"])
         self.mean, self.std = self.record["data"]["mean"], self.record["data"]["std"]
+        self.normalise = export.Normaliser(self.mean, self.std)
         if backend == "onnx":
             self.model_file = export.ensure_onnx(self.folder, self.record, int8=precision == "int8")
             self._run = export.session_predict(export.onnx_session(self.model_file, threads, spinning))
@@ -122,20 +125,19 @@ class Predictor:
             raise ApiError(413, f"'{name}' is {w}x{h} pixels, but an image may have at most {lim.max_pixels} pixels")
         return img
 
-    def preprocess(self, data: bytes, name: str = "file"):
-        """Bytes -> 3 x S x S uint8 tensor, exactly as the evaluation decoded the test split."""
+    def preprocess(self, data: bytes, name: str = "file") -> np.ndarray:
+        """Bytes -> 3 x S x S uint8 array, exactly as the evaluation decoded the test split."""
         from .cache import decode
         img = self.open_image(data, name)
         try:
             with img:
-                return decode(img, self.image_size)
+                return decode(img, self.image_size).numpy()
         except Exception as err:  # truncated or corrupt image data
             raise ApiError(422, f"'{name}' could not be decoded as an image: {type(err).__name__}: {err}") from None
 
-    def logits(self, images_u8) -> np.ndarray:
-        import torch
-        from .export import normalise
-        return self._run(normalise(torch.stack(images_u8), self.mean, self.std).numpy())
+    def logits(self, images_u8: list[np.ndarray]) -> np.ndarray:
+        """uint8 images -> logits: the run's normalisation (bit for bit the evaluation's), then the model."""
+        return self._run(self.normalise(np.stack(images_u8)))
 
     def predict(self, files: list[tuple[str, bytes]], top_k: int | None = None) -> list[dict]:
         """[(name, bytes)] -> one result per image: top-1 and the top-k labels with probabilities."""
@@ -158,7 +160,7 @@ class Predictor:
         return {
             "run_id": r["run_id"], "model": r["model"], "dataset": r["dataset"], "classes": self.classes,
             "image_size": self.image_size, "backend": self.backend, "precision": self.precision,
-            "model_file": str(self.model_file), "threads": self.threads, "top_k": self.top_k,
+            "model_file": str(self.model_file), "threads": self.threads, "spinning": self.spinning, "top_k": self.top_k,
             "preprocessing": {"decode": "studylib.cache.decode: RGB, resize to image_size x image_size, bilinear",
                               "mean": self.mean, "std": self.std, "normalisation": r["data"].get("normalisation")},
             "limits": asdict(self.limits),
@@ -212,7 +214,7 @@ async def _send_json(send, status: int, message: str):
 
 
 def create_app(run: str, backend: str = "onnx", precision: str = "fp32", threads: int = 0, workers: int = 1,
-               top_k: int = 5, limits: Limits = Limits(), spinning: bool = True):
+               top_k: int = 5, limits: Limits = Limits(), spinning: bool = False):
     """The FastAPI app serving one trained run. workers = inferences that may run at the same time."""
     from contextlib import asynccontextmanager
 
@@ -353,7 +355,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=0, help="intra-op threads of the backend (0: its default)")
     parser.add_argument("--workers", type=int, default=1, help="inferences that may run at the same time")
     parser.add_argument("--top-k", type=int, default=5)
-    parser.add_argument("--no-spinning", action="store_true", help="ONNX Runtime threads sleep instead of spin-waiting")
+    parser.add_argument("--spinning", action="store_true",
+                        help="let ONNX Runtime's threads spin-wait between runs (off by default: on a small machine "
+                             "they take cores the event loop and the clients need)")
     parser.add_argument("--max-file-bytes", type=int, default=Limits.max_file_bytes)
     parser.add_argument("--max-pixels", type=int, default=Limits.max_pixels)
     parser.add_argument("--max-files", type=int, default=Limits.max_files)
@@ -384,7 +388,7 @@ def _serve(args: argparse.Namespace) -> int:
     import warnings
     warnings.simplefilter("ignore", Image.DecompressionBombWarning)
     app = create_app(args.run, args.backend, args.precision, args.threads, args.workers, args.top_k, limits,
-                     spinning=not args.no_spinning)
+                     spinning=args.spinning)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False)
     return 0
 
@@ -423,6 +427,7 @@ class ServerProcess:
         self.log_path = Path(log_path)
         self._log = open(self.log_path, "wb")
         self.process = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT)
+        atexit.register(self.stop)  # a kernel that exits without `with` still stops its server
         t0 = time.perf_counter()
         try:
             self.wait_healthy(timeout)

@@ -60,6 +60,8 @@ def test_normalise_is_the_evaluation_path(exported):
     x, _ = next(iter(TensorBatches(images, torch.zeros(7, dtype=torch.int64), 7,
                                    mean=record["data"]["mean"], std=record["data"]["std"])))
     assert torch.equal(export.normalise(images, record["data"]["mean"], record["data"]["std"]), x)
+    served = export.Normaliser(record["data"]["mean"], record["data"]["std"])(images.numpy())  # the server's numpy path
+    assert served.dtype == np.float32 and np.array_equal(served, x.numpy())
 
 
 def test_resolve_run(exported, tmp_path):

@@ -106,13 +106,11 @@ def test_predict_reply_and_batch(client, images, run):
 
 def test_preprocessing_is_the_evaluations(run, images):
     """In-process, both backends: served bytes decode to exactly the cached test tensors."""
-    import torch
-
     from studylib.export import run_data
     cached = run_data(run[2]).splits["test"].images
     for backend in ("onnx", "torch"):
         p = Predictor(run[0], backend=backend, threads=1)
-        assert torch.equal(torch.stack([p.preprocess(i.data) for i in images]), cached)
+        np.testing.assert_array_equal(np.stack([p.preprocess(i.data) for i in images]), cached.numpy())
         top1 = [r["top1_index"] for r in p.predict([(i.name, i.data) for i in images])]
         np.testing.assert_array_equal(top1, run[3].offline_top1["pytorch"])
 
@@ -234,6 +232,9 @@ def test_load_test_and_ceiling(server, images, run):
     ceiling = loadtest.in_process(Predictor(run[0], threads=1), images, max_requests=30, max_seconds=5, warmup=1)
     assert ceiling["requests"] == 30 and ceiling["p50_ms"] > 0 and ceiling["batch"]["images_per_second"] > 0
     assert ceiling["model_only"]["p50_ms"] <= ceiling["p99_ms"]
+    pair = loadtest.paired(server.url, Predictor(run[0], threads=1), images, rounds=2, per_round=5, warmup=1)
+    assert pair["http"]["p50_ms"] > 0 and pair["in_process"]["p50_ms"] > 0
+    assert pair["overhead_p50_ms"] == pair["http"]["p50_ms"] - pair["in_process"]["p50_ms"]
 
 
 def test_html_page_shows_the_prediction_in_chromium(server, images, client, tmp_path):
@@ -285,13 +286,15 @@ def test_deploy_notebook_end_to_end(run, tmp_path):
     pm.execute_notebook(str(ROOT / "notebooks" / "deploy.ipynb"), str(out), cwd=str(tmp_path), progress_bar=False,
                         kernel_name="python3", parameters=dict(run=run[0], concurrency=[1, 3], max_requests=30,
                                                                max_seconds=3.0, warmup=1, threads=1,
-                                                               calibration_images=16))
+                                                               calibration_images=16, paired_rounds=2))
     rec = DeployRecord.model_validate(sb.read_notebook(str(out)).scraps["record"].data)
     assert rec.status == "ok" and rec.stage == "deploy" and rec.train_run_id == run[0]
     assert rec.served["images"] == 18 and rec.served_agreement == 1.0 and rec.served["errors"] == []
     assert rec.served_top1 == rec.onnx_top1 == rec.pytorch_top1 == run[2]["test"]["top1"]
     assert [lv.concurrency for lv in rec.load] == [1, 3] and all(lv.errors == 0 and lv.requests > 0 for lv in rec.load)
-    assert rec.latency_p50_ms == rec.load[0].p50_ms and rec.http_overhead_ms == rec.latency_p50_ms - rec.inprocess_p50_ms
+    assert rec.latency_p50_ms == rec.load[0].p50_ms and rec.inprocess_p50_ms == rec.ceiling["p50_ms"]
+    pair = rec.ceiling["paired"]
+    assert pair["rounds"] == 2 and rec.http_overhead_ms == pair["http"]["p50_ms"] - pair["in_process"]["p50_ms"]
     assert rec.int8_top1 is not None and rec.int8_size_ratio < 1 and rec.export["calibration_images"] == 16
     assert rec.server["alive_after_load"] and rec.server["exit_code"] is not None
     with pytest.raises(OSError):  # stopped: nothing answers at its address any more
