@@ -34,7 +34,7 @@ from torch import nn
 from . import environment
 from .errors import ParameterError, StudyError
 from .params import TrainParams
-from .paths import results_dir, runs_dir
+from .paths import project_root, results_dir, runs_dir
 from .record import TrainRecord, TuneRecord, run_id
 from .run import batches, build_model, load_run_data, now, seed_everything, train_run
 from .train import build_optimizer, build_schedule, fit
@@ -79,6 +79,8 @@ def parse_space(spec: Union[dict, str, None]) -> dict[str, optuna.distributions.
         text = spec
         if spec.strip().endswith((".yaml", ".yml")):
             path = Path(spec).expanduser()
+            if not path.is_absolute() and not path.is_file():   # notebooks run with cwd book/: try the repo root
+                path = project_root() / path
             if not path.is_file():
                 raise ParameterError("search_space", spec, "an existing YAML file, YAML text or a dict")
             text = path.read_text()
@@ -166,11 +168,11 @@ class TuneParams(BaseModel):
     pretrained: bool = False
     image_size: int = 64
     epochs: int = 3                      # the budget of one trial (the pruner's max resource)
-    train_limit: int = 1000
+    train_limit: int = 2000
     seed: int = 0                        # fixes splits, init and batch order: every trial sees the same
     device: str = "auto"
     fixed: dict = {}                     # other train parameters fixed for every trial, e.g. {"schedule": "cosine"}
-    n_trials: int = 10                   # the total wanted in the study (complete + pruned), over all workers
+    n_trials: int = 8                    # the total wanted in the study (complete + pruned), over all workers
     search_space: Union[dict, str] = ""  # dict, YAML path or YAML text; "" means DEFAULT_SPACE
     pruner: Literal["median", "hyperband", "none"] = "median"
     storage: str = ""                    # an Optuna RDB URL; "" means sqlite under results/
@@ -504,10 +506,17 @@ def plot(study: optuna.Study, kind: str):
         fig = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
         if kind == "slice":           # these two place their own colour bar: no tight_layout
             fig.set_size_inches(2.6 * len(study.best_trial.params), 3.2)
+            for a in fig.axes:        # a narrow log range labels its minor ticks on top of each other
+                if a.get_xscale() == "log":
+                    a.xaxis.set_minor_formatter(plt.NullFormatter())
         elif kind == "parallel_coordinate":
             fig.set_size_inches(11, 4.5)
         else:
             fig.set_size_inches(8, 4)
+            if kind == "intermediate_values":
+                ax.set(xlabel="epoch", ylabel="val top-1")
+            elif kind == "optimization_history":
+                ax.set(ylabel="val top-1")
             fig.tight_layout()
     return fig
 

@@ -131,6 +131,7 @@ def test_pruner_stops_a_trial_after_the_epoch_it_falls_behind(study_env, tiny_im
     assert table.loc["PRUNED", "epochs trained"] == 1 and table.loc["PRUNED", "epochs saved"] == 2
 
 
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")   # study.ask plays the dead worker
 def test_a_dead_workers_trial_is_failed_and_run_again(study_env, tiny_imagefolder, tmp_path, monkeypatch):
     monkeypatch.setattr(tuning, "HEARTBEAT_SECONDS", 1)
     monkeypatch.setattr(tuning, "GRACE_SECONDS", 1)
@@ -159,7 +160,7 @@ print(json.dumps(tuning.tune(params).trials_run))
 
 def test_two_processes_tune_one_sqlite_study(study_env, tiny_imagefolder, tmp_path):
     values = dict(dataset="imagefolder", root=str(tiny_imagefolder), model="smallvgg1", image_size=32, epochs=1,
-                  train_limit=0, search_space=SPACE, pruner="none", n_trials=8,
+                  train_limit=0, search_space=SPACE, pruner="none", n_trials=6,
                   storage=f"sqlite:///{tmp_path / 'shared.sqlite3'}")
     params = tuning.TuneParams.from_mapping(values)
     tuning.prepare_study(params)                     # created once, before the workers start
@@ -191,7 +192,7 @@ def test_two_processes_tune_one_sqlite_study(study_env, tiny_imagefolder, tmp_pa
     states = [t.state.name for t in study.trials]
     assert set(states) == {"COMPLETE"}
     # n_trials is the study's total; each worker may start one trial while the other finishes the last
-    assert 8 <= len(study.trials) <= 9
+    assert 6 <= len(study.trials) <= 7
     assert all(ran) and not set(ran[0]) & set(ran[1])
     assert sorted(ran[0] + ran[1]) == [t.number for t in study.trials]
     assert len({t.user_attrs["worker"] for t in study.trials}) == 2
