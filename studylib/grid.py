@@ -246,7 +246,10 @@ def expand_data_prep(grid: Grid, train: list[Cell]) -> list[Cell]:
         params = {"dataset": ds, "root": roots.get(ds, ""),
                   "image_sizes": sorted(sec.image_sizes or sizes.get(ds, {64})), "seed": sec.seed,
                   **(sec.model_extra or {})}
-        cells.append(Cell("data_prep", run_id("data_prep", params), params, title=f"{ds}"))
+        # the id the notebook's record will carry: the stage's own canonical parameters, hashed
+        from .dataprep import DataPrepParams
+        rid = run_id("data_prep", DataPrepParams.from_mapping(params).run_params())
+        cells.append(Cell("data_prep", rid, params, title=f"{ds}"))
     return cells
 
 
@@ -264,7 +267,9 @@ def expand_tune(grid: Grid, train: list[Cell]) -> list[Cell]:
             except ParameterError as err:
                 raise ParameterError(f"tune.{err.parameter}s", err.value, err.allowed) from None
             params = {"model": model, "dataset": ds, "n_trials": sec.n_trials, **(sec.model_extra or {})}
-            cells.append(Cell("tune", run_id("tune", params), params, title=f"{model} on {ds}",
+            from .tuning import TuneParams
+            rid = run_id("tune", TuneParams.from_mapping(params).model_dump())  # as the tune record names itself
+            cells.append(Cell("tune", rid, params, title=f"{model} on {ds}",
                               gpu=params.get("device", "auto") != "cpu"))
     return cells
 
