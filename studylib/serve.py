@@ -22,7 +22,6 @@ import atexit
 import html
 import io
 import json
-import logging
 import os
 import socket
 import subprocess
@@ -39,8 +38,6 @@ from fastapi import Request  # module level: FastAPI resolves the endpoints' str
 from PIL import Image, UnidentifiedImageError
 
 from .errors import ParameterError
-
-log = logging.getLogger("studylib.serve")
 
 IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")  # what PIL may open; never EPS/PSD and friends
 ACCEPTED_PART_TYPES = ("image/", "application/octet-stream")
@@ -121,7 +118,9 @@ class Predictor:
         except Exception as err:  # a malformed header: the client's bytes, not the server
             raise ApiError(422, f"'{name}' could not be read as an image: {type(err).__name__}: {err}") from None
         w, h = img.size
-        if w < 1 or h < 1 or w * h > lim.max_pixels:
+        if w < 1 or h < 1:
+            raise ApiError(422, f"'{name}' is {w}x{h} pixels: an image needs at least one")
+        if w * h > lim.max_pixels:
             raise ApiError(413, f"'{name}' is {w}x{h} pixels, but an image may have at most {lim.max_pixels} pixels")
         return img
 

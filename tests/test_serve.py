@@ -159,6 +159,19 @@ def test_bad_input_gets_a_4xx_with_a_json_error(case, client, images, server):
     assert server.alive()
 
 
+def test_chunked_body_over_the_limit_is_counted_and_refused(server):
+    """No Content-Length to check up front: the server counts the bytes as they arrive."""
+    import http.client
+    body, ctype = multipart("file", [ImageFile("x.jpg", b"\xff" * 1_500_000, "image/jpeg")])
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    conn.request("POST", "/predict", body=iter([body[i:i + 65536] for i in range(0, len(body), 65536)]),
+                 headers={"Content-Type": ctype}, encode_chunked=True)
+    reply = conn.getresponse()
+    assert reply.status == 413 and "more than 1000000 bytes" in json.loads(reply.read())["error"]
+    conn.close()
+    assert server.alive()
+
+
 def test_wrong_method_and_path_are_json_errors(client):
     assert client.request("GET", "/predict")[:2] == (405, {"error": "Method Not Allowed", "status": 405})
     assert client.request("GET", "/nope")[0] == 404
@@ -301,9 +314,16 @@ def test_deploy_notebook_end_to_end(run, tmp_path):
         urllib.request.urlopen(rec.server["url"] + "/health", timeout=2)
 
 
-def test_deploy_notebook_refuses_a_bad_run(study_env, tmp_path):
-    import papermill as pm
-    with pytest.raises(pm.PapermillExecutionError) as info:
-        pm.execute_notebook(str(ROOT / "notebooks" / "deploy.ipynb"), str(tmp_path / "bad.ipynb"), cwd=str(tmp_path),
-                            progress_bar=False, kernel_name="python3", parameters={"run": "no-such-run"})
-    assert "parameter 'run' is 'no-such-run'" in str(info.value)
+def test_deploy_parameters_are_checked_before_any_work(run):
+    """What the notebook's validation cell runs: one sentence per bad parameter."""
+    from studylib.deploy import DeployParams
+    from studylib.errors import ParameterError
+    assert DeployParams.from_namespace({"run": run[0], "In": [], "x": 1}).concurrency == [1, 4, 16]
+    bad = {"run": ("no-such-run", "parameter 'run' is 'no-such-run'"),
+           "backend": ("tensorrt", "parameter 'backend' is 'tensorrt'"),
+           "concurrency": ([0, 4], "between 1 and 256"),
+           "max_seconds": (0, "a positive number of seconds"),
+           "top_k": (0, "a positive integer")}
+    for name, (value, message) in bad.items():
+        with pytest.raises(ParameterError, match=message):
+            DeployParams.from_namespace({"run": run[0], name: value})
