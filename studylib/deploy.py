@@ -104,8 +104,8 @@ def served_check(stream: dict, exported, backend: str, precision: str) -> dict:
     served = np.asarray(stream["top1_index"])
     same = exported.offline_top1[served_format(backend, precision)]
     pytorch = exported.offline_top1["pytorch"]
-    if len(served) != len(same):
-        raise ValueError(f"{len(served)} images were served, but the offline pass has {len(same)}")
+    if stream["sources"] != exported.names:
+        raise ValueError(f"the {len(served)} served images are not the offline pass's {len(same)} test images, in its order")
     mismatches = [{"image": exported.names[i], "served": int(served[i]), "offline": int(same[i])}
                   for i in np.flatnonzero(served != same)]
     return {

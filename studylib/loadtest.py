@@ -30,6 +30,7 @@ class ImageFile:
     name: str
     data: bytes
     content_type: str
+    source: str = ""          # where it came from: the dataset's name for the item (its path, or "#index")
 
 
 def multipart(field: str, files: list[ImageFile]) -> tuple[bytes, str]:
@@ -106,12 +107,12 @@ def test_images(record: dict, split: str = "test") -> list[ImageFile]:
             with open(items.paths[i], "rb") as f:
                 data = f.read()
             ctype = mimetypes.guess_type(items.paths[i])[0] or "application/octet-stream"
-            out.append(ImageFile(name.rsplit("/", 1)[-1], data, ctype))
+            out.append(ImageFile(name.rsplit("/", 1)[-1], data, ctype, name))
         else:
             buf = io.BytesIO()
             with items.load(i) as img:
                 img.convert("RGB").save(buf, "PNG")
-            out.append(ImageFile(f"{split}-{i}.png", buf.getvalue(), "image/png"))
+            out.append(ImageFile(f"{split}-{i}.png", buf.getvalue(), "image/png", name))
     return out
 
 
@@ -137,8 +138,8 @@ def single_stream(url: str, images: list[ImageFile], timeout: float = 30) -> dic
                 errors.append({"file": img.name, "status": code, "reply": reply})
     finally:
         client.close()
-    return {"images": len(images), "status": status, "top1_index": top1, "seconds": seconds,
-            "errors": errors, **percentiles(seconds)}
+    return {"images": len(images), "sources": [img.source for img in images], "status": status,
+            "top1_index": top1, "seconds": seconds, "errors": errors, **percentiles(seconds)}
 
 
 def load_test(url: str, images: list[ImageFile], concurrency: int, max_requests: int = 2000,

@@ -82,7 +82,7 @@ def test_health_and_metadata(server, run, client):
 
 def test_served_top1_equals_offline_on_every_test_image(server, run, images):
     exported = run[3]
-    assert [i.name for i in images] == [Path(n).name for n in exported.names]
+    assert [i.source for i in images] == exported.names and [i.name for i in images] == [Path(n).name for n in exported.names]
     stream = loadtest.single_stream(server.url, images)
     assert stream["errors"] == [] and set(stream["status"]) == {200}
     np.testing.assert_array_equal(stream["top1_index"], exported.offline_top1["onnx"])
