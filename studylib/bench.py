@@ -7,9 +7,10 @@ For each model, image size and batch size, in one process, with the same model a
 (b) the study's own loop, `studylib.train.train_epoch`, over the real training split through
     the real data path (tensor cache, `TensorBatches`, augmentation, schedule, running metrics).
 
-Both pass over the same number of images in the same batch sizes, so their ratio is fair; they
-are measured in alternating rounds (a b, b a, ...) so that other load on the machine hits both,
-and the medians are reported. Warm-up steps run first, are excluded from both, and are reported
+Both pass over the same number of images in the same batch sizes, so their ratio is fair. They
+are interleaved so that other load on the machine hits both alike: on a CPU a bare step runs after
+each step of the loop and is taken out of the loop's clock; on CUDA whole passes alternate
+(a b, b a, ...). Each round is one pass of each; the medians over rounds are reported. Warm-up steps run first, are excluded from both, and are reported
 (`warmup_seconds`; with `--compile`, the warm-up time above the steady step time is
 `compile_seconds`). On CUDA every clock is read after a synchronise. Inference is measured too:
 batch-1 latency and batch-64 throughput, in eval mode without gradients.
@@ -41,7 +42,7 @@ DEFAULT_MODELS = ["mobilenet_v3_small", "shufflenet_v2_x1_0"]
 
 COLUMNS = [
     "model", "dataset", "image_size", "batch_size", "precision", "layout", "compile", "device", "device_name",
-    "torch_threads", "images", "rounds",
+    "torch_threads", "images", "rounds", "interleave",
     "bare_samples_per_sec", "loop_samples_per_sec", "loop_ratio", "bare_step_ms", "loop_step_ms",
     "data_wait_share", "warmup_steps", "warmup_seconds", "compile_seconds",
     "infer_latency_ms", "infer_batch_size", "infer_samples_per_sec",
@@ -49,8 +50,8 @@ COLUMNS = [
 ]
 
 # what the book shows (load_bench_table's default): the rest stays in the CSV
-SUMMARY = ["model", "image_size", "batch_size", "precision", "layout", "compile", "device",
-           "bare_samples_per_sec", "loop_samples_per_sec", "loop_ratio", "data_wait_share",
+SUMMARY = ["model", "image_size", "batch_size", "precision", "layout", "compile", "device", "torch_threads",
+           "images", "bare_samples_per_sec", "loop_samples_per_sec", "loop_ratio", "data_wait_share",
            "infer_latency_ms", "infer_samples_per_sec", "warmup_seconds", "compile_seconds", "measured_at"]
 
 
@@ -88,8 +89,9 @@ def csv_name(precision: str, layout: str, device: str) -> str:
 
 
 def bench_dir(results_dir: Optional[str | Path] = None) -> Path:
+    """<results>/bench: the benchmark CSVs (results_dir defaults to studylib.paths.results_dir())."""
     from .paths import results_dir as default_results
-    return Path(results_dir) if results_dir else default_results() / "bench"
+    return Path(results_dir or default_results()) / "bench"
 
 
 # ---------------------------------------------------------------- measuring
@@ -163,8 +165,14 @@ def _inference(model, image_size: int, batch_size: int, device: str, amp: bool, 
 
 
 def bench_one(params, rounds: int = 3, warmup: int = 5, infer: bool = True, infer_batch_size: int = 64,
-              latency_calls: int = 50, throughput_calls: int = 10, log=print) -> dict:
-    """Measure (a) the bare step and (b) the study's loop for one TrainParams; returns one CSV row."""
+              latency_calls: int = 50, throughput_calls: int = 10, interleave: str = "auto") -> dict:
+    """Measure (a) the bare step and (b) the study's loop for one TrainParams; returns one CSV row.
+
+    interleave: "step" runs a bare step after each step of the loop (on a CPU shared with other
+    work, both then share the same moments of load); "pass" alternates whole passes (on CUDA,
+    where a synchronise per step would take the loop's CPU-GPU overlap away); "auto" picks step
+    on a CPU and pass on CUDA.
+    """
     import torch
     from torch import nn
 
@@ -206,24 +214,39 @@ def bench_one(params, rounds: int = 3, warmup: int = 5, infer: bool = True, infe
     synchronize(device)
     warmup_seconds = time.perf_counter() - t_warm
 
+    if interleave == "auto":
+        interleave = "pass" if device.startswith("cuda") else "step"
     bare, loop, wait = [], [], []
     for r in range(rounds):
-        order = ("bare", "loop") if r % 2 == 0 else ("loop", "bare")
-        for what in order:
-            if what == "bare":
-                bare.append(_bare_steps(step_model, optimizer, loss_fn, inputs, sizes, device, params.amp))
-            else:
-                stats = train_epoch(step_model, train_b, optimizer, schedule, loss_fn, device, params.amp)
-                assert stats["images"] == images
-                loop.append(stats["seconds"])
-                wait.append(stats["data_wait"] / stats["seconds"])
+        if interleave == "step":
+            # After each step of the loop, a bare step of the same size, timed on its own and taken
+            # out of the loop's clock: both see the same moments of the machine's other load.
+            hooked: list[float] = []
+
+            def bare_step(k: int) -> None:
+                synchronize(device)  # the loop's own queued work stays on the loop's clock
+                hooked.append(_bare_steps(step_model, optimizer, loss_fn, inputs, [sizes[k]], device, params.amp))
+
+            stats = train_epoch(step_model, train_b, optimizer, schedule, loss_fn, device, params.amp, step_hook=bare_step)
+            bare.append(sum(hooked))
+            loop.append(stats["seconds"] - sum(hooked))
+        else:  # whole passes, alternating which goes first
+            for what in (("bare", "loop") if r % 2 == 0 else ("loop", "bare")):
+                if what == "bare":
+                    bare.append(_bare_steps(step_model, optimizer, loss_fn, inputs, sizes, device, params.amp))
+                else:
+                    stats = train_epoch(step_model, train_b, optimizer, schedule, loss_fn, device, params.amp)
+                    loop.append(stats["seconds"])
+        if stats["images"] != images:
+            raise RuntimeError(f"the loop saw {stats['images']} images, the bare steps {images}")
+        wait.append(stats["data_wait"] / loop[-1])
     bare_s, loop_s = statistics.median(bare), statistics.median(loop)
     row = {
         "model": params.model, "dataset": params.dataset, "image_size": params.image_size,
         "batch_size": params.batch_size, "precision": precision_name(params.amp, device),
         "layout": layout_name(params.channels_last, device), "compile": params.compile, "device": device,
         "device_name": environment.hardware(device)["gpu_name"] or environment.cpu_model(),
-        "torch_threads": torch.get_num_threads(), "images": images, "rounds": rounds,
+        "torch_threads": torch.get_num_threads(), "images": images, "rounds": rounds, "interleave": interleave,
         "bare_samples_per_sec": images / bare_s, "loop_samples_per_sec": images / loop_s,
         # the ratio of each round's adjacent pair, then the median: drift in other load cancels out
         "loop_ratio": statistics.median(b / lp for b, lp in zip(bare, loop)),
@@ -246,9 +269,9 @@ def bench_one(params, rounds: int = 3, warmup: int = 5, infer: bool = True, infe
     return row
 
 
-def append_row(row: dict, results_dir: Optional[str | Path] = None) -> Path:
-    """Append one row to its timm-style CSV (written to a temp name, then renamed into place)."""
-    path = bench_dir(results_dir) / csv_name(row["precision"], row["layout"], row["device"])
+def append_row(row: dict, out_dir: Optional[str | Path] = None) -> Path:
+    """Append one row to its timm-style CSV in out_dir (default results/bench): written to a temp name, then renamed."""
+    path = Path(out_dir or bench_dir()) / csv_name(row["precision"], row["layout"], row["device"])
     path.parent.mkdir(parents=True, exist_ok=True)
     new = pd.DataFrame([row], columns=COLUMNS)
     table = pd.concat([pd.read_csv(path), new], ignore_index=True) if path.is_file() else new
@@ -265,19 +288,24 @@ def append_row(row: dict, results_dir: Optional[str | Path] = None) -> Path:
 
 def load_bench_table(results_dir: Optional[str | Path] = None, full: bool = False,
                      latest: bool = True) -> Optional[pd.DataFrame]:
-    """Every benchmark-train-*.csv under results/bench as one table, or None when there is none.
+    """Every benchmark-train-*.csv under <results_dir>/bench as one table, or None when there is none.
 
-    latest: keep the newest row per model and setting (a rerun replaces the row in the book);
-    full: every column of the CSV, else the ones the methods chapter shows.
+    results_dir: the study's results folder (default studylib.paths.results_dir()); a folder that
+    holds the CSVs itself works too. latest: keep the newest row per model and setting (a rerun
+    replaces the row in the book); full: every column of the CSV, else the ones the methods chapter shows.
     """
-    files = sorted(bench_dir(results_dir).glob("benchmark-train-*.csv"))
+    folder = bench_dir(results_dir)
+    if results_dir and not folder.is_dir():
+        folder = Path(results_dir)
+    files = sorted(folder.glob("benchmark-train-*.csv"))
     frames = [pd.read_csv(f).assign(file=f.name) for f in files]
     frames = [f for f in frames if len(f)]
     if not frames:
         return None
     table = pd.concat(frames, ignore_index=True)
     if latest:
-        key = ["model", "dataset", "image_size", "batch_size", "precision", "layout", "compile", "device", "device_name"]
+        key = ["model", "dataset", "image_size", "batch_size", "precision", "layout", "compile", "device", "device_name",
+               "torch_threads"]
         table = table.sort_values("measured_at").drop_duplicates(key, keep="last")
     table = table.sort_values(["device", "precision", "layout", "compile", "model"]).reset_index(drop=True)
     return table if full else table[[c for c in SUMMARY if c in table]]
@@ -296,12 +324,28 @@ def _work_seconds(record: dict) -> float:
     return 0.0
 
 
+def _utc(stamp: str) -> datetime:
+    t = datetime.fromisoformat(stamp)
+    return t.astimezone(timezone.utc).replace(tzinfo=None) if t.tzinfo else t  # papermill's are naive UTC
+
+
+def _work_cell(cells: list[dict], finished_at: Optional[str]) -> int:
+    """Index of the cell that did the work: the one running when the record was finished, else the longest."""
+    if finished_at:
+        done = _utc(finished_at)
+        for i, c in enumerate(cells):
+            if c.get("start_time") and c.get("end_time") and _utc(c["start_time"]) <= done <= _utc(c["end_time"]):
+                return i
+    return max(range(len(cells)), key=lambda i: float(cells[i]["duration"])) if cells else 0
+
+
 def runner_overhead(notebook_paths: Iterable[str | Path]) -> pd.DataFrame:
     """One row per executed notebook: where its wall time went, from papermill's clocks and its record.
 
     wall_seconds: the grid runner's clock around papermill when it recorded one, else papermill's
     duration; startup_seconds: papermill's start to the first cell (kernel start-up); setup_seconds:
-    the cells before the longest cell (imports, parameter checks) plus that cell's time outside
+    the cells before the work cell (the cell running when the record was finished; imports,
+    parameter checks) plus that cell's time outside
     training and evaluation (more imports, data from the cache, model building, checkpoint);
     work_seconds: training and evaluation as the record timed them (train: train_seconds +
     eval_seconds); after_seconds: the cells after it (tables, figures, glue); other_seconds: the rest
@@ -316,18 +360,22 @@ def runner_overhead(notebook_paths: Iterable[str | Path]) -> pd.DataFrame:
         nb = nbformat.read(path, as_version=4)
         pm = nb.metadata.get("papermill", {})
         execution = nb.metadata.get("studylib", {}).get("execution", {})
-        scraps = sb.read_notebook(str(path)).scraps
-        record = scraps["record"].data if "record" in scraps else {}
+        try:
+            scraps = sb.read_notebook(str(path)).scraps
+            record = scraps["record"].data if "record" in scraps else {}
+        except Exception:  # not a stage notebook (e.g. a book page): no record, its clocks still count
+            record = {}
+        record = record or nb.metadata.get("studylib", {}).get("record") or {}
         cells = [c.metadata.get("papermill", {}) for c in nb.cells if c.cell_type == "code"]
         cells = [c for c in cells if c.get("duration") is not None]
         notebook_seconds = float(pm.get("duration") or 0.0)
         wall = float(execution.get("wall_seconds") or notebook_seconds)
         startup = None
         if pm.get("start_time") and cells and cells[0].get("start_time"):
-            startup = (datetime.fromisoformat(cells[0]["start_time"]) - datetime.fromisoformat(pm["start_time"])).total_seconds()
+            startup = (_utc(cells[0]["start_time"]) - _utc(pm["start_time"])).total_seconds()
         durations = [float(c["duration"]) for c in cells]
         work = _work_seconds(record)
-        k = max(range(len(durations)), key=durations.__getitem__) if durations else 0
+        k = _work_cell(cells, record.get("finished_at"))
         setup = sum(durations[:k]) + (durations[k] - work if durations else 0.0)
         after = sum(durations[k + 1:])
         rows.append({
@@ -390,13 +438,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="torch.compile the model (default: the study's setting, off)")
     parser.add_argument("--rounds", type=int, default=3, help="measured passes of each of (a) and (b), alternating (default 3)")
     parser.add_argument("--warmup", type=int, default=5, help="warm-up steps before measuring, excluded and reported (default 5)")
+    parser.add_argument("--interleave", choices=["auto", "step", "pass"], default="auto",
+                        help="alternate (a) and (b) after every step, or by whole passes (default auto: step on a CPU, pass on CUDA)")
     parser.add_argument("--no-infer", dest="infer", action="store_false", help="skip the inference measurements")
     parser.add_argument("--infer-batch-size", type=int, default=64, help="batch size of the inference throughput (default 64)")
     parser.add_argument("--latency-calls", type=int, default=50, help="timed batch-1 calls (default 50)")
     parser.add_argument("--throughput-calls", type=int, default=10, help="timed batches for the inference throughput (default 10)")
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads for PyTorch (default: PyTorch's choice, as in training)")
-    parser.add_argument("--results-dir", default=None, help="where the CSV goes (default results/bench)")
+    parser.add_argument("--out-dir", default=None, help="the folder the CSV goes to (default results/bench)")
+    parser.add_argument("--overhead", metavar="STUDY", default=None,
+                        help="instead of benchmarking: where a collected study's notebook time went "
+                             "(kernel start-up, imports, training and evaluation, plots), per notebook and per stage")
 
 
 def configurations(args) -> list:
@@ -437,7 +490,22 @@ def configurations(args) -> list:
     return out
 
 
+def print_overhead(study: str) -> int:
+    try:
+        frame = runner_overhead(study_notebooks(study))
+    except FileNotFoundError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    with pd.option_context("display.width", 200, "display.max_columns", 20):
+        print(frame.drop(columns=["notebook"]).round(2).to_string(index=False))
+        print()
+        print(overhead_by_stage(frame).round(3).to_string(index=False))
+    return 0
+
+
 def run(args) -> int:
+    if args.overhead:
+        return print_overhead(args.overhead)
     try:
         configs = configurations(args)
     except ParameterError as err:
@@ -447,12 +515,17 @@ def run(args) -> int:
     threads = torch.get_num_threads()
     if args.threads:
         torch.set_num_threads(args.threads)
+    failed = 0
     try:
         for params in configs:
-            _bench_and_print(params, args)
+            try:
+                _bench_and_print(params, args)
+            except Exception as err:  # one configuration that cannot run (data missing...) does not stop the rest
+                failed += 1
+                print(f"  FAILED: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
     finally:
         torch.set_num_threads(threads)
-    return 0
+    return 1 if failed else 0
 
 
 def _bench_and_print(params, args) -> None:
@@ -467,12 +540,12 @@ def _bench_and_print(params, args) -> None:
           f"{torch.get_num_threads()} threads{note}", flush=True)
     row = bench_one(params, rounds=args.rounds, warmup=args.warmup, infer=args.infer,
                     infer_batch_size=args.infer_batch_size, latency_calls=args.latency_calls,
-                    throughput_calls=args.throughput_calls)
-    path = append_row(row, args.results_dir)
+                    throughput_calls=args.throughput_calls, interleave=args.interleave)
+    path = append_row(row, args.out_dir)
     print(f"  (a) bare step  {row['bare_samples_per_sec']:9.1f} images/s  ({row['bare_step_ms']:.1f} ms/step)\n"
           f"  (b) study loop {row['loop_samples_per_sec']:9.1f} images/s  ({row['loop_step_ms']:.1f} ms/step)\n"
           f"  loop / bare    {row['loop_ratio']:9.3f}   data wait {row['data_wait_share']:.1%} of the loop's time"
-          f"   [{row['images']} images per pass, median of {row['rounds']} rounds; "
+          f"   [{row['images']} images per pass, median of {row['rounds']} rounds interleaved by {row['interleave']}; "
           f"warm-up {row['warmup_steps']} steps, {row['warmup_seconds']:.1f} s, excluded]", flush=True)
     if row["compile_seconds"] is not None:
         print(f"  compile        {row['compile_seconds']:9.1f} s (warm-up above the steady step time)")

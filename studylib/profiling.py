@@ -69,8 +69,7 @@ class UtilisationSampler:
         self._proc = psutil.Process()
         self._psutil = psutil
         self._cpus = psutil.cpu_count() or 1
-        psutil.cpu_percent(None)         # the first call only starts psutil's interval
-        self._proc.cpu_percent(None)
+        self._proc.cpu_percent(None)     # the first call only starts psutil's interval
         self._nvml, self._gpu = _nvml_handle(self.device)
         if self._gpu is not None:
             name = self._nvml.nvmlDeviceGetName(self._gpu)
@@ -94,15 +93,17 @@ class UtilisationSampler:
                           gpu, gpu_mem))
 
     def _loop(self) -> None:
+        self._psutil.cpu_percent(None)   # psutil keeps this interval per thread: start it on this one
         while not self._stop.wait(self.interval):
+            self._sample()
+        last = self.rows[-1][0] if self.rows else 0.0
+        if time.perf_counter() - self._t0 - last > self.interval / 4:  # the tail since the last sample
             self._sample()
 
     def __exit__(self, *exc) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
-        if time.perf_counter() - self._t0 > self.interval / 4:  # the tail since the last sample
-            self._sample()
         if self._gpu is not None:
             try:
                 self._nvml.nvmlShutdown()

@@ -20,7 +20,7 @@ TINY = ["--model", "shufflenet_v2_x0_5", "--image-size", "32", "--batch-size", "
 
 def test_bench_writes_a_row_with_every_column(study_env, tmp_path, capsys):
     out = tmp_path / "bench"
-    assert main(["bench", *TINY, "--results-dir", str(out)]) == 0
+    assert main(["bench", *TINY, "--out-dir", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "(a) bare step" in printed and "(b) study loop" in printed and "loop / bare" in printed
     files = list(out.glob("*.csv"))
@@ -39,9 +39,10 @@ def test_bench_writes_a_row_with_every_column(study_env, tmp_path, capsys):
     assert printed.count("-> ") == 1
 
     # a second run appends; the book's table keeps the newest row per setting
-    assert main(["bench", *TINY, "--no-infer", "--results-dir", str(out)]) == 0
-    assert len(pd.read_csv(files[0])) == 2
-    shown = bench.load_bench_table(out)
+    assert main(["bench", *TINY, "--no-infer", "--interleave", "pass", "--out-dir", str(out)]) == 0
+    assert list(pd.read_csv(files[0])["interleave"]) == ["step", "pass"]  # auto on a CPU: step
+    shown = bench.load_bench_table(tmp_path)          # the results folder, holding bench/
+    assert shown.equals(bench.load_bench_table(out))  # or the folder of CSVs itself
     assert len(shown) == 1 and list(shown.columns) == bench.SUMMARY and pd.isna(shown.iloc[0]["infer_latency_ms"])
     assert len(bench.load_bench_table(out, full=True, latest=False)) == 2
     assert bench.load_bench_table(tmp_path / "nothing") is None
@@ -54,7 +55,7 @@ def test_bench_writes_a_row_with_every_column(study_env, tmp_path, capsys):
     (["--device", "tpu"], "parameter '--device' is 'tpu'"),
 ])
 def test_bad_arguments_stop_before_any_work(study_env, tmp_path, capsys, argv, message):
-    assert main(["bench", *argv, "--results-dir", str(tmp_path)]) == 2
+    assert main(["bench", *argv, "--out-dir", str(tmp_path)]) == 2
     assert message in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
 
@@ -90,23 +91,44 @@ def _executed_notebook(path: Path, record: dict, durations: list[float], startup
 
 
 def test_runner_overhead_splits_wall_time(tmp_path):
+    # the imports cell (100 s) outlasts the training cell (95 s): the work cell is the one running
+    # when the record was finished (180 s after papermill started, in the cell from 102.1 s to 197.1 s)
     train = _executed_notebook(tmp_path / "train.ipynb",
                                {"run_id": "train-x", "stage": "train", "status": "ok", "train_seconds": 90.0,
-                                "eval_seconds": 2.0},
-                               durations=[0.1, 1.5, 95.0, 1.0, 0.4], startup=2.0, wall=101.0)
+                                "eval_seconds": 2.0, "finished_at": "2026-01-01T12:03:00+00:00"},
+                               durations=[0.1, 100.0, 95.0, 1.0, 0.4], startup=2.0, wall=200.0)
     cost = _executed_notebook(tmp_path / "cost.ipynb", {"run_id": "cost-x", "stage": "cost", "status": "ok"},
                               durations=[0.2, 3.0], startup=1.5, wall=5.0)
     frame = bench.runner_overhead([train, cost])
     t = frame.set_index("stage").loc["train"]
-    assert t["run_id"] == "train-x" and t["wall_seconds"] == 101.0
+    assert t["run_id"] == "train-x" and t["wall_seconds"] == 200.0
     assert t["startup_seconds"] == pytest.approx(2.0) and t["work_seconds"] == pytest.approx(92.0)
-    assert t["setup_seconds"] == pytest.approx(0.1 + 1.5 + 95.0 - 92.0)
+    assert t["setup_seconds"] == pytest.approx(0.1 + 100.0 + 95.0 - 92.0)
     assert t["after_seconds"] == pytest.approx(1.4)
     assert t["startup_seconds"] + t["setup_seconds"] + t["work_seconds"] + t["after_seconds"] + t["other_seconds"] \
-        == pytest.approx(101.0)
-    assert t["work_share"] == pytest.approx(92.0 / 101.0)
+        == pytest.approx(200.0)
+    assert t["work_share"] == pytest.approx(92.0 / 200.0)
     assert frame.set_index("stage").loc["cost", "work_seconds"] == 0.0
     stages = bench.overhead_by_stage(frame).set_index("stage")
     assert list(stages.index) == ["train", "cost", "all"]
-    assert stages.loc["all", "work_share"] == pytest.approx(92.0 / 106.0)
+    assert stages.loc["all", "work_share"] == pytest.approx(92.0 / 205.0)
     json.dumps(frame.to_dict(orient="records"))  # plain values, ready for the book
+
+
+SMOKE = str(Path(__file__).resolve().parent.parent / "params" / "smoke.yaml")
+
+
+def test_grid_configurations(study_env):
+    import argparse
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    configs = bench.configurations(parser.parse_args(["--grid", SMOKE]))
+    assert [(c.dataset, c.model) for c in configs] == [
+        ("clothing10", "smallvgg1"), ("clothing10", "shufflenet_v2_x0_5"), ("imagefolder", "smallvgg1")]
+    one = bench.configurations(parser.parse_args(["--grid", SMOKE, "--model", "shufflenet_v2_x0_5",
+                                                  "--batch-size", "16"]))
+    assert len(one) == 1 and (one[0].image_size, one[0].batch_size, one[0].train_limit) == (32, 16, 64)
+    with pytest.raises(bench.ParameterError, match="--model"):
+        bench.configurations(parser.parse_args(["--grid", SMOKE, "--model", "resnet18"]))
+    plain = bench.configurations(parser.parse_args([]))
+    assert [c.model for c in plain] == bench.DEFAULT_MODELS and {c.image_size for c in plain} == {64}
