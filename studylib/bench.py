@@ -350,6 +350,7 @@ def runner_overhead(notebook_paths: Iterable[str | Path]) -> pd.DataFrame:
     work_seconds: training and evaluation as the record timed them (train: train_seconds +
     eval_seconds); after_seconds: the cells after it (tables, figures, glue); other_seconds: the rest
     (papermill between cells and writing the notebook, the runner). work_share = work / wall.
+    Notebooks without papermill's duration (still running, never executed) are left out.
     """
     import nbformat
     import scrapbook as sb
@@ -359,6 +360,8 @@ def runner_overhead(notebook_paths: Iterable[str | Path]) -> pd.DataFrame:
         path = Path(path)
         nb = nbformat.read(path, as_version=4)
         pm = nb.metadata.get("papermill", {})
+        if pm.get("duration") is None:  # still running, or never run by papermill: no clock to read
+            continue
         execution = nb.metadata.get("studylib", {}).get("execution", {})
         try:
             scraps = sb.read_notebook(str(path)).scraps
