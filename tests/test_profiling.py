@@ -64,6 +64,15 @@ def test_utilisation_sampler_samples_while_the_block_runs():
     assert line["seconds"] == sorted(line["seconds"])
 
 
+def test_sampler_asked_for_a_gpu_without_one_reports_none():
+    if torch.cuda.is_available():
+        pytest.skip("this host has a GPU")
+    with UtilisationSampler("cuda", interval=0.05) as sampler:
+        time.sleep(0.12)
+    s = sampler.summary()
+    assert s["gpu_name"] is None and s["gpu_percent_max"] is None and s["samples"] >= 1
+
+
 def test_sampler_timeline_is_bounded():
     sampler = UtilisationSampler("cpu", interval=0.01, max_points=10)
     sampler.rows = [(i * 0.01, 50.0, 25.0, 100.0, None, None) for i in range(95)]
