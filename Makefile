@@ -25,7 +25,7 @@ study: setup
 	@# Anything else (a bad grid file: 2, interrupted: 130) stops here.
 	@status=0; $(VENV)/bin/studylib grid params/quick.yaml || status=$$?; \
 	  if [ $$status -gt 1 ]; then exit $$status; fi; \
-	  $(VENV)/bin/jupyter-book build book/ || exit $$?; \
+	  $(VENV)/bin/jupyter-book build book/ --path-output book || exit $$?; \
 	  echo ""; echo "The report: file://$(CURDIR)/book/_build/html/index.html"; \
 	  exit $$status
 
