@@ -45,19 +45,7 @@ class TrainParams(BaseModel):
 
     @classmethod
     def from_mapping(cls, values: dict) -> "TrainParams":
-        fields = set(cls.model_fields)
-        unknown = sorted(set(values) - fields)
-        if unknown:
-            raise ParameterError(unknown[0], values[unknown[0]], f"one of the train parameters ({', '.join(sorted(fields))})")
-        try:
-            return cls(**values)
-        except ValidationError as err:
-            first = err.errors()[0]
-            ctx_err = (first.get("ctx") or {}).get("error")
-            if isinstance(ctx_err, ParameterError):
-                raise ctx_err from None
-            name = str(first["loc"][0]) if first["loc"] else "parameters"
-            raise ParameterError(name, values.get(name, first.get("input")), _allowed(first)) from None
+        return validate_mapping(cls, values, "train")
 
     @classmethod
     def from_namespace(cls, namespace: dict) -> "TrainParams":
@@ -147,6 +135,24 @@ class TrainParams(BaseModel):
     def run_params(self) -> dict:
         """The parameters that define the run (what the run id hashes): everything but where outputs go."""
         return self.model_dump(exclude={"output_dir"})
+
+
+def validate_mapping(cls, values: dict, stage: str):
+    """Build the pydantic model `cls` from `values`, or raise one ParameterError sentence:
+    an unknown key, or the first invalid value with what is allowed."""
+    fields = set(cls.model_fields)
+    unknown = sorted(set(values) - fields)
+    if unknown:
+        raise ParameterError(unknown[0], values[unknown[0]], f"one of the {stage} parameters ({', '.join(sorted(fields))})")
+    try:
+        return cls(**values)
+    except ValidationError as err:
+        first = err.errors()[0]
+        ctx_err = (first.get("ctx") or {}).get("error")
+        if isinstance(ctx_err, ParameterError):
+            raise ctx_err from None
+        name = str(first["loc"][0]) if first["loc"] else "parameters"
+        raise ParameterError(name, values.get(name, first.get("input")), _allowed(first)) from None
 
 
 def _allowed(error: dict) -> str:

@@ -182,20 +182,8 @@ class TuneParams(BaseModel):
 
     @classmethod
     def from_mapping(cls, values: dict) -> "TuneParams":
-        fields = set(cls.model_fields)
-        unknown = sorted(set(values) - fields)
-        if unknown:
-            raise ParameterError(unknown[0], values[unknown[0]], f"one of the tune parameters ({', '.join(sorted(fields))})")
-        try:
-            params = cls(**values)
-        except ValidationError as err:
-            first = err.errors()[0]
-            ctx_err = (first.get("ctx") or {}).get("error")
-            if isinstance(ctx_err, ParameterError):
-                raise ctx_err from None
-            name = str(first["loc"][0]) if first["loc"] else "parameters"
-            from .params import _allowed
-            raise ParameterError(name, values.get(name, first.get("input")), _allowed(first)) from None
+        from .params import validate_mapping
+        params = validate_mapping(cls, values, "tune")
         params.space()                 # a bad space fails here
         params.train_params({})        # so do bad train settings (model, dataset, image size, fixed)
         return params
