@@ -32,3 +32,22 @@ def test_matches_scikit_learn_on_random_predictions():
     assert np.isclose(r["balanced_accuracy"], skm.balanced_accuracy_score(labels, pred))
     assert np.isclose(r["macro_f1"], skm.f1_score(labels, pred, average="macro"))
     assert np.isclose(r["top5"], skm.top_k_accuracy_score(labels.numpy(), logits.numpy(), k=5, labels=range(7)))
+
+
+def test_per_class_and_confusion_match_scikit_learn_with_absent_classes():
+    # 6 classes, but class 5 never appears and class 4 is never predicted: the zero_division cases
+    g = torch.Generator().manual_seed(1)
+    labels = torch.randint(0, 5, (300,), generator=g)
+    logits = torch.randn(300, 6, generator=g)
+    logits[:, 4] -= 100
+    r = classification_report(logits, labels, [str(i) for i in range(6)])
+    pred = logits.argmax(1).numpy()
+    idx = list(range(6))
+    p, rec, f, s = skm.precision_recall_fscore_support(labels, pred, labels=idx, zero_division=0)
+    assert np.allclose([c["precision"] for c in r["per_class"]], p)
+    assert np.allclose([c["recall"] for c in r["per_class"]], rec)
+    assert np.allclose([c["f1"] for c in r["per_class"]], f)
+    assert [c["support"] for c in r["per_class"]] == s.tolist()
+    assert r["confusion_matrix"] == skm.confusion_matrix(labels, pred, labels=idx).tolist()
+    assert np.isclose(r["macro_f1"], skm.f1_score(labels, pred, labels=idx, average="macro", zero_division=0))
+    assert np.isclose(r["balanced_accuracy"], skm.balanced_accuracy_score(labels, pred))

@@ -65,3 +65,13 @@ def test_pretrained_weights_load_from_the_torch_hub_cache(tmp_path, monkeypatch)
     m = create_model("shufflenet_v2_x0_5", 7, pretrained=True)
     assert torch.equal(m.conv1[0].weight, reference.conv1[0].weight)
     assert m.fc.out_features == 7
+
+
+@pytest.mark.parametrize("name", ["mnasnet0_5", "mobilenet_v3_small", "shufflenet_v2_x0_5", "smallvgg3_bn"])
+def test_from_scratch_models_start_near_chance(name):
+    # a 10-class head must start with small logits: torchvision's mnasnet head init (fan_out) gave a
+    # first-batch loss near 10 and a model that never trained in the quick study
+    torch.manual_seed(0)
+    model = create_model(name, 10).train()
+    loss = torch.nn.functional.cross_entropy(model(torch.randn(32, 3, 64, 64)), torch.randint(0, 10, (32,)))
+    assert loss.item() < 3.0
