@@ -200,18 +200,13 @@ class CostParams(BaseModel):
 
     @classmethod
     def from_namespace(cls, namespace: dict) -> "CostParams":
-        values = {k: namespace[k] for k in cls.model_fields if k in namespace}
-        try:
-            params = cls(**values)
-        except ValidationError as err:
-            first = err.errors()[0]
-            name = str(first["loc"][0])
-            allowed = {"study": "a study name", "prices": "a path to a prices YAML file",
-                       "this_machine_price": "a number, zero or more, or None",
-                       "this_machine_hardware": "a list of hardware labels",
-                       "hardware_prices": "a mapping of hardware label to price entry name",
-                       "cost_run_id": "a run id (text)"}.get(name, "valid")
-            raise ParameterError(name, values.get(name), allowed) from None
+        from .params import validate_mapping
+        params = validate_mapping(cls, {k: namespace[k] for k in cls.model_fields if k in namespace}, "cost", allowed={
+            "study": "a study name", "prices": "a path to a prices YAML file",
+            "this_machine_price": "a number, zero or more, or None",
+            "this_machine_hardware": "a list of hardware labels",
+            "hardware_prices": "a mapping of hardware label to price entry name",
+            "cost_run_id": "a run id (text)"})
         from .paths import results_dir
         here = results_dir()
         if not params.study or not (here / params.study).is_dir():

@@ -26,7 +26,7 @@ import platform
 import time
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -35,7 +35,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
 from . import __version__, storage
 from .cache import channel_stats, load_split
@@ -93,23 +93,8 @@ class DataPrepParams(BaseModel):
 
     @classmethod
     def from_mapping(cls, values: dict) -> "DataPrepParams":
-        from .params import _allowed
-        fields = set(cls.model_fields)
-        unknown = sorted(set(values) - fields)
-        if unknown:
-            raise ParameterError(unknown[0], values[unknown[0]], f"one of the data_prep parameters ({', '.join(sorted(fields))})")
-        try:
-            return cls(**values)
-        except ValidationError as err:
-            first = err.errors()[0]
-            ctx_err = (first.get("ctx") or {}).get("error")
-            if isinstance(ctx_err, ParameterError):
-                raise ctx_err from None
-            name = str(first["loc"][0]) if first["loc"] else "parameters"
-            shown = values.get(name, first.get("input"))
-            if name == "storage_options":
-                shown = type(shown).__name__  # never echo what might hold a secret
-            raise ParameterError(name, shown, _allowed(first)) from None
+        from .params import validate_mapping
+        return validate_mapping(cls, values, "data_prep", secret=("storage_options",))  # never echo a secret
 
     @classmethod
     def from_namespace(cls, namespace: dict) -> "DataPrepParams":

@@ -137,9 +137,13 @@ class TrainParams(BaseModel):
         return self.model_dump(exclude={"output_dir"})
 
 
-def validate_mapping(cls, values: dict, stage: str):
+def validate_mapping(cls, values: dict, stage: str, allowed: dict | None = None, secret: tuple = ()):
     """Build the pydantic model `cls` from `values`, or raise one ParameterError sentence:
-    an unknown key, or the first invalid value with what is allowed."""
+    an unknown key, or the first invalid value with what is allowed.
+
+    allowed: the sentence's "allowed" part for some fields, where pydantic's would be unclear;
+    secret: fields whose value is never echoed (only its type is named), e.g. storage credentials.
+    """
     fields = set(cls.model_fields)
     unknown = sorted(set(values) - fields)
     if unknown:
@@ -152,7 +156,10 @@ def validate_mapping(cls, values: dict, stage: str):
         if isinstance(ctx_err, ParameterError):
             raise ctx_err from None
         name = str(first["loc"][0]) if first["loc"] else "parameters"
-        raise ParameterError(name, values.get(name, first.get("input")), _allowed(first)) from None
+        shown = values.get(name, first.get("input"))
+        if name in secret:
+            shown = type(shown).__name__
+        raise ParameterError(name, shown, (allowed or {}).get(name) or _allowed(first)) from None
 
 
 def _allowed(error: dict) -> str:
