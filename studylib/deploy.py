@@ -10,7 +10,7 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, field_validator
 
 from .errors import ParameterError
 
@@ -31,19 +31,12 @@ class DeployParams(BaseModel):
     paired_rounds: int = 10              # HTTP overhead: alternating rounds of HTTP and in-process requests
     warmup: int = 5                      # uncounted requests per client before each level
     calibration_images: int = 256        # train images for int8 calibration
+    deploy_run_id: str = ""              # the record's run id (the grid passes its cell's); "" means derived
 
     @classmethod
     def from_namespace(cls, namespace: dict) -> "DeployParams":
-        values = {k: namespace[k] for k in cls.model_fields if k in namespace}
-        try:
-            return cls(**values)
-        except ValidationError as err:
-            first = err.errors()[0]
-            ctx_err = (first.get("ctx") or {}).get("error")
-            if isinstance(ctx_err, ParameterError):
-                raise ctx_err from None
-            name = str(first["loc"][0]) if first["loc"] else "parameters"
-            raise ParameterError(name, values.get(name, first.get("input")), first.get("msg", "valid")) from None
+        from .params import validate_mapping
+        return validate_mapping(cls, {k: namespace[k] for k in cls.model_fields if k in namespace}, "deploy")
 
     @field_validator("run")
     @classmethod
@@ -171,8 +164,8 @@ def make_record(params: DeployParams, train_record: dict, exported, served: dict
     checks, sizes = s["checks"], s["sizes_mb"]
     int8 = checks.get("onnx_int8")
     c1 = next((lv for lv in levels if lv["concurrency"] == 1), levels[0])
-    p = {**params.model_dump(), "run": train_record["run_id"]}
-    rid = run_id("deploy", {"dataset": train_record["dataset"], "model": train_record["model"], **p})
+    p = {**params.model_dump(exclude={"deploy_run_id"}), "run": train_record["run_id"]}
+    rid = params.deploy_run_id or run_id("deploy", {"dataset": train_record["dataset"], "model": train_record["model"], **p})
     return DeployRecord(
         run_id=rid, params=p, train_run_id=train_record["run_id"], dataset=train_record["dataset"],
         model=train_record["model"], image_size=train_record["image_size"], backend=params.backend,

@@ -295,7 +295,11 @@ def expand_deploy(grid: Grid, study: str) -> list[Cell]:
     cells = []
     for rid, title in chosen:
         params = {"run": rid, **(grid.deploy.model_extra or {})}
-        cells.append(Cell("deploy", run_id("deploy", params), params, title=title))
+        trained = train[train.run_id == rid].head(1) if train is not None else []
+        named = {"dataset": trained.dataset.iloc[0], "model": trained.model.iloc[0]} if len(trained) else {}
+        deploy_id = run_id("deploy", {**named, **params})   # readable: deploy-<dataset>-<model>-<hash>
+        # the notebook's record takes the cell's id (deploy.ipynb's deploy_run_id parameter)
+        cells.append(Cell("deploy", deploy_id, {**params, "deploy_run_id": deploy_id}, title=title))
     return cells
 
 

@@ -160,9 +160,13 @@ def test_deploy_best_is_chosen_on_validation_never_test(tmp_path, monkeypatch):
         {"run_id": "d", "stage": "train", "status": "ok", "dataset": "d2", "model": "m1", "seed": 0, "val_top1": 0.3, "test_top1": 0.3, "train_seconds": 1.0},
     ]).to_parquet(tmp_path / "t" / "runs.parquet")
     g = G.Grid.model_validate({"study": "t", "stages": ["deploy"], "deploy": {"run": "best"}})
-    assert [c.params["run"] for c in G.expand_deploy(g, "t")] == ["b", "d"]
+    cells = G.expand_deploy(g, "t")
+    assert [c.params["run"] for c in cells] == ["b", "d"]
+    # the cell's id is readable and is the id its record will carry (the notebook's deploy_run_id)
+    assert cells[0].run_id.startswith("deploy-d1-m2-") and cells[0].params["deploy_run_id"] == cells[0].run_id
     g = G.Grid.model_validate({"study": "t", "stages": ["deploy"], "deploy": {"run": ["a"]}})
-    assert [c.params for c in G.expand_deploy(g, "t")] == [{"run": "a"}]
+    [cell] = G.expand_deploy(g, "t")
+    assert cell.params == {"run": "a", "deploy_run_id": cell.run_id} and cell.run_id.startswith("deploy-d1-m1-")
 
 
 def test_cost_page_changes_when_the_study_gains_a_run():
