@@ -294,6 +294,17 @@ def _num(x) -> float | None:
     return x if math.isfinite(x) else None
 
 
+def latest_per_search(tunes: list[dict]) -> tuple[list[dict], list[str]]:
+    """One tune record per Optuna study (study_name): the last finished. Rerunning a search with more
+    trials writes a new record whose tuning_seconds covers the earlier trials too, so pricing every
+    record would count them twice. Returns the records kept and the run ids left out."""
+    latest: dict[str, dict] = {}
+    for t in sorted(tunes, key=lambda t: str(t.get("finished_at") or "")):
+        latest[str(t.get("study_name") or t["run_id"])] = t
+    kept = list(latest.values())
+    return kept, [t["run_id"] for t in tunes if t not in kept]
+
+
 def tuning_seconds(rec: dict) -> float | None:
     """Total wall seconds of a tune record's search (every trial, pruned ones too)."""
     for key in ("tuning_seconds", "search_seconds", "total_seconds", "seconds"):
@@ -519,6 +530,10 @@ def cost_tables(records: list[dict], book: PriceBook, this_machine: list[str] | 
     if failed:
         notes.append(f"{len(failed)} failed train run(s) have no timings and are not priced.")
     tunes, deploys, preps = _ok(records, "tune"), _ok(records, "deploy"), _ok(records, "data_prep")
+    tunes, superseded = latest_per_search(tunes)
+    if superseded:
+        notes.append(f"{len(superseded)} earlier tune record(s) of a search that has a later one are not priced "
+                     f"({', '.join(superseded)}): the latest record's tuning time covers every trial of the search.")
     if not tunes:
         notes.append("No tune records: tuning cost is 0 for every run (no run was tuned).")
     if not deploys:

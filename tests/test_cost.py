@@ -359,3 +359,15 @@ def test_a_study_with_no_successful_run_still_renders(book):
     cost.pareto_figure(t.runs, t.serving), cost.breakdown_figure(t.breakdown)
     assert cost.runs_view(t.runs).empty and cost.targets_view(t.targets).empty and cost.projection_matrix(t.projections).empty
     CostRecord.model_validate(cost.cost_record("cost-x", {}, "s", book, t, [CPU_LABEL]))
+
+
+def test_a_rerun_search_is_priced_once(records, book):
+    # the search was run again with more trials: the new record's tuning time covers the earlier trials
+    first = next(r for r in records if r["run_id"] == "tune-c")
+    first.update(study_name="search-c", finished_at="2026-01-01T10:00:00+00:00")
+    rerun = {**copy.deepcopy(first), "run_id": "tune-c2", "tuning_seconds": 7200.0,
+             "finished_at": "2026-01-02T10:00:00+00:00"}
+    t = tables(records + [rerun], book)
+    c = row(t.runs, run_id="train-c")
+    assert c.tuning_seconds == 7200 and c.tuning_cost == pytest.approx(4.00) and c["tuning source"] == "tune-c2"
+    assert any("tune-c" in n and "not priced" in n for n in t.notes)
