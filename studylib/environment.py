@@ -52,14 +52,23 @@ def hardware(device: str) -> dict:
 
 
 def versions() -> dict:
-    import timm
+    """The software a record was made with. Versions come from the installed packages' metadata, so
+    recording timm's does not import timm (a second of every torchvision run's start-up)."""
+    from importlib.metadata import PackageNotFoundError, version
+
     import torch
-    import torchvision
+
+    def installed(name: str) -> str | None:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return None
+
     return {
         "python": sys.version.split()[0],
         "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "timm": timm.__version__,
+        "torchvision": installed("torchvision"),
+        "timm": installed("timm"),
         "studylib": __version__,
         "git_sha": git_sha(),
     }
