@@ -306,3 +306,24 @@ def test_local_gpu_workers_offer_the_gpu_resource():
         finally:
             client.close()
             cluster.close()
+
+
+def _kernel_threads() -> int:
+    """What a notebook kernel started on this worker computes with: a new process inherits the worker's env."""
+    out = subprocess.run([sys.executable, "-c", "import torch; print(torch.get_num_threads())"],
+                         capture_output=True, text=True, check=True)
+    return int(out.stdout)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_local_workers_share_the_cores_instead_of_dasks_one_thread(workers, monkeypatch):
+    """Dask's nanny sets OMP_NUM_THREADS=1 in its workers; the grid's notebooks must get cores // workers."""
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        monkeypatch.delenv(name, raising=False)
+    client, cluster = G.start_client(workers=workers, scheduler=None, gpus=0)
+    try:
+        threads = client.run(_kernel_threads)
+    finally:
+        client.close()
+        cluster.close()
+    assert list(threads.values()) == [max(1, os.cpu_count() // workers)] * workers
