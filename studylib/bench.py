@@ -311,6 +311,34 @@ def load_bench_table(results_dir: Optional[str | Path] = None, full: bool = Fals
     return table if full else table[[c for c in SUMMARY if c in table]]
 
 
+def runs_against_bench(runs: pd.DataFrame, bench: Optional[pd.DataFrame]) -> pd.DataFrame:
+    """The study's own train runs against the bench's bare step in the same setting: does the grid train
+    as fast as the loop can? One row per model and setting that both have.
+
+    runs: results.load_runs() (train rows: their images_per_second is the median epoch's);
+    bench: load_bench_table(full=True). A setting is the model, image size, batch size, precision, layout,
+    torch.compile, device, CPU/GPU name and thread count; the ratio is the runs' median over the bare step's.
+    A run that trains slower than the bench's loop did was slowed by its surroundings (other jobs on the
+    machine, the thread count its process was given, ...).
+    """
+    cols = ["model", "image_size", "batch_size", "precision", "layout", "compile", "device", "torch_threads", "runs",
+            "run_samples_per_sec", "bare_samples_per_sec", "loop_samples_per_sec", "run_ratio"]
+    need = {"stage", "status", "images_per_second", "hardware_torch_threads"}
+    if bench is None or runs.empty or not need <= set(runs):
+        return pd.DataFrame(columns=cols)
+    train = runs[(runs.stage == "train") & (runs.status == "ok")].copy()
+    train["precision"] = [precision_name(bool(a), d) for a, d in zip(train.amp, train.device)]
+    train["layout"] = [layout_name(bool(c), d) for c, d in zip(train.channels_last, train.device)]
+    train["device_name"] = train.hardware_gpu_name.fillna(train.hardware_cpu_model)
+    train["torch_threads"] = train.hardware_torch_threads
+    key = ["model", "image_size", "batch_size", "precision", "layout", "compile", "device", "device_name", "torch_threads"]
+    measured = train.groupby(key, dropna=False).images_per_second.agg(["count", "median"]).reset_index()
+    measured.columns = [*key, "runs", "run_samples_per_sec"]
+    joined = measured.merge(bench[key + ["bare_samples_per_sec", "loop_samples_per_sec"]], on=key)
+    joined["run_ratio"] = joined.run_samples_per_sec / joined.bare_samples_per_sec
+    return joined[cols].reset_index(drop=True)
+
+
 # ---------------------------------------------------------------- runner overhead
 
 def _work_seconds(record: dict) -> float:

@@ -132,3 +132,29 @@ def test_grid_configurations(study_env):
         bench.configurations(parser.parse_args(["--grid", SMOKE, "--model", "resnet18"]))
     plain = bench.configurations(parser.parse_args([]))
     assert [c.model for c in plain] == bench.DEFAULT_MODELS and {c.image_size for c in plain} == {64}
+
+
+def test_runs_against_bench_matches_the_setting():
+    """A study's train runs are compared with the bench row of their own setting only (threads included)."""
+    setting = {"image_size": 64, "batch_size": 64, "compile": False, "device": "cpu"}
+    runs = pd.DataFrame([
+        {"stage": "train", "status": "ok", "model": "m", "images_per_second": 90.0, "amp": True, "channels_last": True,
+         "hardware_gpu_name": None, "hardware_cpu_model": "CPU X", "hardware_torch_threads": 2, **setting},
+        {"stage": "train", "status": "ok", "model": "m", "images_per_second": 70.0, "amp": True, "channels_last": True,
+         "hardware_gpu_name": None, "hardware_cpu_model": "CPU X", "hardware_torch_threads": 2, **setting},
+        {"stage": "train", "status": "ok", "model": "m", "images_per_second": 40.0, "amp": True, "channels_last": True,
+         "hardware_gpu_name": None, "hardware_cpu_model": "CPU X", "hardware_torch_threads": 1, **setting},
+        {"stage": "train", "status": "failed", "model": "m", "images_per_second": None, "amp": True, "channels_last": True,
+         "hardware_gpu_name": None, "hardware_cpu_model": "CPU X", "hardware_torch_threads": 2, **setting},
+    ])
+    table = pd.DataFrame([
+        {"model": "m", "precision": "fp32", "layout": "nchw", "device_name": "CPU X", "torch_threads": 2,
+         "bare_samples_per_sec": 100.0, "loop_samples_per_sec": 98.0, **setting},
+        {"model": "m", "precision": "fp32", "layout": "nchw", "device_name": "CPU Y", "torch_threads": 2,
+         "bare_samples_per_sec": 500.0, "loop_samples_per_sec": 490.0, **setting},
+    ])
+    out = bench.runs_against_bench(runs, table)
+    assert len(out) == 1   # the 1-thread run has no bench row of its setting; CPU Y is another machine
+    row = out.iloc[0]
+    assert row.runs == 2 and row.run_samples_per_sec == 80.0 and row.run_ratio == pytest.approx(0.8)
+    assert bench.runs_against_bench(runs, None).empty
