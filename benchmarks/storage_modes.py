@@ -56,7 +56,7 @@ def main() -> int:
                 os.environ["STUDYLIB_CACHE"] = f"{tmp}/cache"
                 os.environ["STUDYLIB_REMOTE"] = f"{tmp}/remote"
                 os.environ["STUDYLIB_SPLITS"] = f"{tmp}/splits"
-                from studylib import dataprep
+                from studylib.stages import data_prep as dataprep
                 t = time.perf_counter()
                 p = dataprep.DataPrepParams.from_mapping({"dataset": dataset, "root": f"s3://bench/{src.name}",
                                                           "storage_mode": mode, "image_sizes": [args.image_size],

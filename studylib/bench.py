@@ -4,7 +4,7 @@ For each model, image size and batch size, in one process, with the same model a
 
 (a) a bare training step on in-memory random tensors (forward, loss, zero_grad, backward,
     optimizer step): the ceiling for this model on this machine;
-(b) the study's own loop, `studylib.train.train_epoch`, over the real training split through
+(b) the study's own loop, `studylib.train.loop.train_epoch`, over the real training split through
     the real data path (tensor cache, `TensorBatches`, augmentation, schedule, running metrics).
 
 Both pass over the same number of images in the same batch sizes, so their ratio is fair. They
@@ -36,7 +36,7 @@ from typing import Iterable, Optional
 
 import pandas as pd
 
-from .errors import ParameterError
+from studylib.errors import ParameterError
 
 DEFAULT_MODELS = ["mobilenet_v3_small", "shufflenet_v2_x1_0"]
 
@@ -90,7 +90,7 @@ def csv_name(precision: str, layout: str, device: str) -> str:
 
 def bench_dir(results_dir: Optional[str | Path] = None) -> Path:
     """<results>/bench: the benchmark CSVs (results_dir defaults to studylib.paths.results_dir())."""
-    from .paths import results_dir as default_results
+    from studylib.paths import results_dir as default_results
     return Path(results_dir or default_results()) / "bench"
 
 
@@ -99,7 +99,7 @@ def bench_dir(results_dir: Optional[str | Path] = None) -> Path:
 def _bare_steps(model, optimizer, loss_fn, inputs: dict, sizes: list[int], device: str, amp: bool,
                 per_step: bool = False):
     """One bare training step per batch size in `sizes`; seconds in all (or per step)."""
-    from .train import autocast, synchronize
+    from studylib.train.loop import autocast, synchronize
     times = []
     synchronize(device)
     start = t = time.perf_counter()
@@ -125,7 +125,7 @@ def _inference(model, image_size: int, batch_size: int, device: str, amp: bool, 
     """Batch-1 latency (median ms over single synchronised calls) and batch-N throughput, eval mode."""
     import torch
 
-    from .train import autocast, synchronize
+    from studylib.train.loop import autocast, synchronize
 
     def batch(n):
         return torch.randn(n, 3, image_size, image_size, device=device).contiguous(memory_format=memory_format)
@@ -176,11 +176,11 @@ def bench_one(params, rounds: int = 3, warmup: int = 5, infer: bool = True, infe
     import torch
     from torch import nn
 
-    from . import environment
-    from .models import count_parameters, gmacs
-    from .profiling import FirstBatches
-    from .run import batches, build_model, load_run_data, seed_everything
-    from .train import build_optimizer, build_schedule, synchronize, train_epoch
+    from studylib import environment
+    from studylib.models import count_parameters, gmacs
+    from studylib.train.profiling import FirstBatches
+    from studylib.train.run import batches, build_model, load_run_data, seed_everything
+    from studylib.train.loop import build_optimizer, build_schedule, synchronize, train_epoch
 
     device = environment.resolve_device(params.device)
     seed_everything(params.seed)
@@ -440,8 +440,8 @@ def overhead_by_stage(frame: pd.DataFrame) -> pd.DataFrame:
 
 def study_notebooks(study: str) -> list[Path]:
     """The executed notebooks of a collected study (results/<study>/records.jsonl), in run order."""
-    from .paths import book_dir
-    from .results import load_records
+    from studylib.paths import book_dir
+    from studylib.study.collect import load_records
     return [book_dir() / r["notebook"] for r in load_records(study) if r.get("notebook")
             and (book_dir() / r["notebook"]).is_file()]
 
@@ -485,7 +485,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def configurations(args) -> list:
     """The TrainParams to measure, every one validated before any measurement starts."""
-    from .params import TrainParams
+    from studylib.params import TrainParams
 
     for name in ("rounds", "infer_batch_size", "latency_calls", "throughput_calls", "threads"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
@@ -496,7 +496,7 @@ def configurations(args) -> list:
                                "train_limit": args.train_limit, "device": args.device, "amp": args.amp,
                                "channels_last": args.channels_last, "compile": args.compile}.items() if v is not None}
     if args.grid:
-        from .grid import load_grid
+        from studylib.study.runner import load_grid
         _, cells = load_grid(args.grid)
         bases, seen = [], set()
         for c in cells["train"]:
@@ -563,7 +563,7 @@ def _bench_and_print(params, args) -> None:
     """Measure one configuration, append its row, print what was measured."""
     import torch
 
-    from .environment import resolve_device
+    from studylib.environment import resolve_device
     device = resolve_device(params.device)
     ignored = [f for f, on in (("--amp", params.amp), ("--channels-last", params.channels_last)) if on]
     note = f" ({' and '.join(ignored)} apply on CUDA only, as in training)" if ignored and device == "cpu" else ""

@@ -9,9 +9,9 @@ import importlib
 import sys
 
 COMMANDS = {
-    "grid": ("studylib.grid", "run every cell of a grid file, skip finished ones, then collect"),
-    "collect": ("studylib.results", "read every run record into results/<study>/runs.parquet"),
-    "serve": ("studylib.serve", "serve a trained run over HTTP"),
+    "grid": ("studylib.study.runner", "run every cell of a grid file, skip finished ones, then collect"),
+    "collect": ("studylib.study.collect", "read every run record into results/<study>/runs.parquet"),
+    "serve": ("studylib.serve.app", "serve a trained run over HTTP"),
     "bench": ("studylib.bench", "benchmark the training loop against a bare step"),
 }
 

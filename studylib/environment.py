@@ -7,8 +7,8 @@ import subprocess
 import sys
 from functools import lru_cache
 
-from . import __version__
-from .paths import project_root
+from studylib import __version__
+from studylib.paths import project_root
 
 
 def cpu_model() -> str:

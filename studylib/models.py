@@ -13,7 +13,7 @@ from functools import lru_cache
 import torch
 from torch import nn
 
-from .errors import ParameterError, PretrainedWeightsUnavailable
+from studylib.errors import ParameterError, PretrainedWeightsUnavailable
 
 # Reference study 003: "VGG layers" of two 3x3 convs and a 2x2 max-pool, widths 32, 64, 128,
 # followed by two dense layers; ablations add BatchNorm and dropout.

@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
-from .errors import ParameterError
+from studylib.errors import ParameterError
 
 
 class TrainParams(BaseModel):
@@ -101,7 +101,7 @@ class TrainParams(BaseModel):
     @field_validator("dataset")
     @classmethod
     def _dataset(cls, v):
-        from .datasets import DATASETS
+        from studylib.data.registry import DATASETS
         if v not in DATASETS:
             raise ParameterError("dataset", v, f"one of {', '.join(DATASETS)}")
         return v
@@ -109,14 +109,14 @@ class TrainParams(BaseModel):
     @field_validator("model")
     @classmethod
     def _model(cls, v):
-        from .models import model_family
+        from studylib.models import model_family
         model_family(v)
         return v
 
     @model_validator(mode="after")
     def _cross_checks(self):
-        from .datasets import default_root
-        from .models import fixed_image_size, min_image_size
+        from studylib.data.registry import default_root
+        from studylib.models import fixed_image_size, min_image_size
         smallest = min_image_size(self.model)
         if self.image_size < smallest:
             raise ParameterError("image_size", self.image_size, f"at least {smallest} for model '{self.model}'")

@@ -40,7 +40,7 @@ def trained_run() -> tuple[str, Path]:
     """(run id, run folder) of a one-epoch smallvgg1 run at 32 px on the tiny dataset."""
     from studylib.params import TrainParams
     from studylib.record import run_id
-    from studylib.run import train_run
+    from studylib.train.run import train_run
     base = Path(os.environ["STUDYLIB_RUNS"]).parent
     root = make_dataset(base / "deploy-data")
     params = TrainParams(dataset="imagefolder", root=str(root), model="smallvgg1", epochs=1, image_size=32,
@@ -54,7 +54,7 @@ def trained_run() -> tuple[str, Path]:
 
 @functools.lru_cache(maxsize=1)
 def exported_run():
-    """studylib.export.export_run on the tiny run (torch.export, ONNX, int8), once per session."""
-    from studylib.export import export_run
+    """studylib.serve.export.export_run on the tiny run (torch.export, ONNX, int8), once per session."""
+    from studylib.serve.export import export_run
     rid, folder = trained_run()
     return export_run(rid, calibration_images=32)

@@ -1,4 +1,4 @@
-"""studylib.cost against hand-computed examples (hand-made records), prices.yaml's validation, and
+"""studylib.stages.cost against hand-computed examples (hand-made records), prices.yaml's validation, and
 cost.ipynb executed by papermill on a small fake results folder."""
 import copy
 import json
@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from studylib import cost
+from studylib.stages import cost
 from studylib.errors import ParameterError
 from studylib.record import CostRecord
 
@@ -131,7 +131,7 @@ def test_time_and_cost_to_accuracy_dawnbench(records, book):
 
 def test_time_to_accuracy_is_the_train_loops_rule():
     from studylib.record import EpochStats
-    from studylib.train import time_to_targets
+    from studylib.train.loop import time_to_targets
     hist = [epoch(1, 10.5, 1.25, 0.3), epoch(2, 9.0, 1.0, 0.61), epoch(3, 9.5, 1.5, 0.6), epoch(4, 9.0, 1.0, 0.9)]
     secs, _ = time_to_targets([EpochStats(**h) for h in hist], [0.3, 0.6, 0.61, 0.62, 0.95])
     for t, s in secs.items():

@@ -9,12 +9,12 @@ import pytest
 import scrapbook as sb
 from PIL import Image
 
-from studylib import dataprep
-from studylib.datasets import load_dataset
+from studylib.stages import data_prep as dataprep
+from studylib.data.registry import load_dataset
 from studylib.errors import ParameterError
 from studylib.params import TrainParams
 from studylib.record import DataPrepRecord
-from studylib.run import train_run
+from studylib.train.run import train_run
 
 ROOT = Path(__file__).resolve().parent.parent
 CLASSES = {"red": (200, 40, 40), "green": (40, 180, 40), "blue": (40, 40, 200)}

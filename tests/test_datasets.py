@@ -7,8 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from studylib.cache import load_split
-from studylib.datasets import load_dataset
+from studylib.data.cache import load_split
+from studylib.data.registry import load_dataset
 from studylib.errors import DatasetUnavailable, ParameterError
 
 from conftest import make_jpeg

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from deploy_helpers import exported_run, trained_run
-from studylib import export
+from studylib.serve.app import export
 from studylib.errors import ParameterError
 
 
@@ -53,7 +53,7 @@ def test_exported_files_are_complete_and_loadable(exported):
 
 
 def test_normalise_is_the_evaluation_path(exported):
-    from studylib.loader import TensorBatches
+    from studylib.data.loader import TensorBatches
     rid, folder = trained_run()
     record = json.loads((folder / "record.json").read_text())
     images = torch.randint(0, 256, (7, 3, 32, 32), dtype=torch.uint8)

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from studylib import grid as G
+from studylib.study import runner as G
 from studylib.errors import ParameterError
 from studylib.record import TrainRecord
 
@@ -208,7 +208,7 @@ def test_smoke_grid_end_to_end(smoke_study, monkeypatch):
     assert "FAILED train-imagefolder-smallvgg1-s0-" in s.first.stdout
 
     monkeypatch.setenv("STUDYLIB_RESULTS", str(s.base / "results"))
-    from studylib.results import load_epochs, load_records, load_runs
+    from studylib.study.collect import load_epochs, load_records, load_runs
     runs = load_runs("smoke")
     assert len(runs) == 3 and set(runs.stage) == {"train"}
     ok, failed = runs[runs.status == "ok"], runs[runs.status == "failed"]

@@ -2,7 +2,7 @@
 import torch
 import torch.nn.functional as F
 
-from studylib.loader import TensorBatches, random_crop_flip
+from studylib.data.loader import TensorBatches, random_crop_flip
 
 
 def reference_crop_flip(x, seed, pad):

@@ -2,7 +2,7 @@ import numpy as np
 import torch
 from sklearn import metrics as skm
 
-from studylib.metrics import classification_report, topk_accuracy
+from studylib.train.metrics import classification_report, topk_accuracy
 
 
 def test_known_example_by_hand():

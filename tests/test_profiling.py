@@ -5,10 +5,10 @@ import pytest
 import torch
 from torch import nn
 
-from studylib.loader import TensorBatches
+from studylib.data.loader import TensorBatches
 from studylib.models import create_model
-from studylib.profiling import UtilisationSampler, peak_memory, profile_steps
-from studylib.train import build_optimizer
+from studylib.train.profiling import UtilisationSampler, peak_memory, profile_steps
+from studylib.train.loop import build_optimizer
 
 
 @pytest.fixture
@@ -89,7 +89,7 @@ def test_peak_memory_on_cpu():
 def test_train_run_keeps_the_profile_in_its_record(study_env, one_thread):
     from studylib.params import TrainParams
     from studylib.record import TrainRecord
-    from studylib.run import train_run
+    from studylib.train.run import train_run
 
     params = TrainParams(model="shufflenet_v2_x0_5", epochs=1, image_size=32, train_limit=64, batch_size=16,
                          profile=True)

@@ -14,9 +14,9 @@ import pytest
 from PIL import Image
 
 from deploy_helpers import exported_run, trained_run
-from studylib import loadtest
-from studylib.loadtest import Client, ImageFile, multipart
-from studylib.serve import Predictor, ServerProcess
+from studylib.serve.app import loadtest
+from studylib.serve.loadtest import Client, ImageFile, multipart
+from studylib.serve.app import Predictor, ServerProcess
 
 pytestmark = pytest.mark.slow
 LIMITS = {"max_file_bytes": 200_000, "max_pixels": 1_000_000, "max_files": 4, "max_request_bytes": 1_000_000}
@@ -106,7 +106,7 @@ def test_predict_reply_and_batch(client, images, run):
 
 def test_preprocessing_is_the_evaluations(run, images):
     """In-process, both backends: served bytes decode to exactly the cached test tensors."""
-    from studylib.export import run_data
+    from studylib.serve.export import run_data
     cached = run_data(run[2]).splits["test"].images
     for backend in ("onnx", "torch"):
         p = Predictor(run[0], backend=backend, threads=1)
@@ -316,7 +316,7 @@ def test_deploy_notebook_end_to_end(run, tmp_path):
 
 def test_deploy_parameters_are_checked_before_any_work(run):
     """What the notebook's validation cell runs: one sentence per bad parameter."""
-    from studylib.deploy import DeployParams
+    from studylib.stages.deploy import DeployParams
     from studylib.errors import ParameterError
     assert DeployParams.from_namespace({"run": run[0], "In": [], "x": 1}).concurrency == [1, 4, 16]
     bad = {"run": ("no-such-run", "parameter 'run' is 'no-such-run'"),

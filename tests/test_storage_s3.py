@@ -13,13 +13,13 @@ import pytest
 import scrapbook as sb
 import torch
 
-from studylib import storage
-from studylib.cache import load_split
-from studylib.datasets import load_dataset
+from studylib.data import storage
+from studylib.data.cache import load_split
+from studylib.data.registry import load_dataset
 from studylib.errors import DatasetUnavailable
 from studylib.params import TrainParams
 from studylib.record import DataPrepRecord
-from studylib.run import load_run_data
+from studylib.train.run import load_run_data
 
 from test_data_prep import CLASSES, imagefolder
 

@@ -10,7 +10,7 @@ import torch
 
 from studylib.params import TrainParams
 from studylib.record import TrainRecord
-from studylib.run import train_run
+from studylib.train.run import train_run
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = dict(model="shufflenet_v2_x0_5", epochs=1, image_size=32, train_limit=96, batch_size=32)

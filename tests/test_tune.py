@@ -13,10 +13,10 @@ import pytest
 import scrapbook as sb
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-from studylib import tuning
+from studylib.stages import tune as tuning
 from studylib.errors import ParameterError
 from studylib.record import TuneRecord
-from studylib.run import load_run_data
+from studylib.train.run import load_run_data
 
 ROOT = Path(__file__).resolve().parent.parent
 SPACE = {"lr": {"low": 1e-3, "high": 1e-2, "log": True}, "batch_size": [8, 16]}
@@ -148,7 +148,7 @@ def test_a_dead_workers_trial_is_failed_and_run_again(study_env, tiny_imagefolde
 WORKER = r"""
 import json, sys, time
 from pathlib import Path
-from studylib import tuning
+from studylib.stages import tune as tuning
 ready, go = Path(sys.argv[1]), Path(sys.argv[2])
 params = tuning.TuneParams.from_mapping(json.loads(sys.argv[3]))
 ready.touch()

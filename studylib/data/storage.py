@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from .errors import DatasetUnavailable, ParameterError
-from .paths import cache_dir
+from studylib.errors import DatasetUnavailable, ParameterError
+from studylib.paths import cache_dir
 
 MODES = ("prefetch", "lazy")
 LOG_NAME = ".studylib-fetched.jsonl"

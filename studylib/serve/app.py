@@ -9,8 +9,8 @@ Endpoints
 - GET  /metadata        model, dataset, classes, preprocessing, limits and a summary of the train record
 - GET  /                a small HTML page: choose an image, see its prediction
 
-Preprocessing is the evaluation's: studylib.cache.decode(image, image_size), then the run's
-mean/std (studylib.export.normalise). A client's mistake is a 4xx with {"error": ..., "status": ...}:
+Preprocessing is the evaluation's: studylib.data.cache.decode(image, image_size), then the run's
+mean/std (studylib.serve.export.normalise). A client's mistake is a 4xx with {"error": ..., "status": ...}:
 not an image, a truncated image, too many bytes or pixels, the wrong content type, an empty body,
 too many files. Inference runs in a small thread pool off the event loop, on one session loaded at start.
 """
@@ -37,7 +37,7 @@ import numpy as np
 from fastapi import Request  # module level: FastAPI resolves the endpoints' string annotations here
 from PIL import Image, UnidentifiedImageError
 
-from .errors import ParameterError
+from studylib.errors import ParameterError
 
 IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")  # what PIL may open; never EPS/PSD and friends
 ACCEPTED_PART_TYPES = ("image/", "application/octet-stream")
@@ -68,7 +68,7 @@ class Predictor:
 
     def __init__(self, run: str, backend: str = "onnx", precision: str = "fp32", threads: int = 0,
                  top_k: int = 5, limits: Limits = Limits(), spinning: bool = False):
-        from . import export
+        from studylib.serve.app import export
         if backend not in BACKENDS:
             raise ParameterError("backend", backend, f"one of {', '.join(BACKENDS)}")
         if precision not in PRECISIONS:
@@ -92,7 +92,7 @@ class Predictor:
             self._run = export.session_predict(export.onnx_session(self.model_file, threads, spinning))
         else:
             import torch
-            from .run import load_checkpoint
+            from studylib.train.run import load_checkpoint
             if threads:
                 torch.set_num_threads(threads)
             self.model_file = self.folder / export.FILES["checkpoint"]
@@ -126,7 +126,7 @@ class Predictor:
 
     def preprocess(self, data: bytes, name: str = "file") -> np.ndarray:
         """Bytes -> 3 x S x S uint8 array, exactly as the evaluation decoded the test split."""
-        from .cache import decode
+        from studylib.data.cache import decode
         img = self.open_image(data, name)
         try:
             with img:
@@ -160,7 +160,7 @@ class Predictor:
             "run_id": r["run_id"], "model": r["model"], "dataset": r["dataset"], "classes": self.classes,
             "image_size": self.image_size, "backend": self.backend, "precision": self.precision,
             "model_file": str(self.model_file), "threads": self.threads, "spinning": self.spinning, "top_k": self.top_k,
-            "preprocessing": {"decode": "studylib.cache.decode: RGB, resize to image_size x image_size, bilinear",
+            "preprocessing": {"decode": "studylib.data.cache.decode: RGB, resize to image_size x image_size, bilinear",
                               "mean": self.mean, "std": self.std, "normalisation": r["data"].get("normalisation")},
             "limits": asdict(self.limits),
             "record": {

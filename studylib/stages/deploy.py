@@ -1,7 +1,7 @@
 """The deploy stage (notebooks/deploy.ipynb): its parameters, its checks and tables, its record.
 
-The work itself lives in studylib.export (files and their checks), studylib.serve (the server)
-and studylib.loadtest (the client's measurements); this module puts their results side by side.
+The work itself lives in studylib.serve.export (files and their checks), studylib.serve.app (the server)
+and studylib.serve.loadtest (the client's measurements); this module puts their results side by side.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, field_validator
 
-from .errors import ParameterError
+from studylib.errors import ParameterError
 
 
 class DeployParams(BaseModel):
@@ -35,13 +35,13 @@ class DeployParams(BaseModel):
 
     @classmethod
     def from_namespace(cls, namespace: dict) -> "DeployParams":
-        from .params import validate_mapping
+        from studylib.params import validate_mapping
         return validate_mapping(cls, {k: namespace[k] for k in cls.model_fields if k in namespace}, "deploy")
 
     @field_validator("run")
     @classmethod
     def _run(cls, v):
-        from .export import resolve_run
+        from studylib.serve.export import resolve_run
         resolve_run(v)
         return v
 
@@ -74,7 +74,7 @@ class DeployParams(BaseModel):
         return v
 
     def train_run(self) -> tuple[Path, dict]:
-        from .export import resolve_run
+        from studylib.serve.export import resolve_run
         return resolve_run(self.run)
 
     def server_options(self) -> dict:
@@ -83,7 +83,7 @@ class DeployParams(BaseModel):
 
     def predictor(self, folder):
         """The server's Predictor with the server's settings, for in-process measurements."""
-        from .serve import Predictor
+        from studylib.serve.app import Predictor
         return Predictor(str(folder), self.backend, self.precision, self.threads, self.top_k, spinning=self.spinning)
 
 
@@ -157,9 +157,9 @@ def make_record(params: DeployParams, train_record: dict, exported, served: dict
                 ceiling: dict, pair: dict, server: dict, started_at: str, finished_at: str) -> dict:
     """The deploy stage's record, validated against studylib.record.DeployRecord.
 
-    pair: studylib.loadtest.paired's result; the HTTP overhead is its HTTP p50 minus its in-process p50."""
-    from . import environment
-    from .record import DeployRecord, run_id
+    pair: studylib.serve.loadtest.paired's result; the HTTP overhead is its HTTP p50 minus its in-process p50."""
+    from studylib import environment
+    from studylib.record import DeployRecord, run_id
     s = exported.summary
     checks, sizes = s["checks"], s["sizes_mb"]
     int8 = checks.get("onnx_int8")

@@ -28,9 +28,9 @@ from typing import Any, Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from .errors import ParameterError
-from .paths import book_dir, project_root, results_dir
-from .record import Record, params_hash, run_id
+from studylib.errors import ParameterError
+from studylib.paths import book_dir, project_root, results_dir
+from studylib.record import Record, params_hash, run_id
 
 KERNEL_ARGS = ["--log-level=ERROR"]     # quiet the kernel's start-up warnings in the grid's log
 STAGES = ("data_prep", "train", "tune", "deploy", "cost")
@@ -162,7 +162,7 @@ def load_grid(path: str | Path) -> tuple[Grid, dict[str, list[Cell]]]:
 # ---------------------------------------------------------------------------------------------
 
 def _list_fields() -> set[str]:
-    from .params import TrainParams
+    from studylib.params import TrainParams
     return {name for name, f in TrainParams.model_fields.items() if "list" in str(f.annotation)}
 
 
@@ -178,7 +178,7 @@ def _sweep(settings: dict, list_fields: set[str]) -> list[dict]:
 
 
 def expand_train(grid: Grid) -> list[Cell]:
-    from .params import TrainParams
+    from studylib.params import TrainParams
     fields = set(TrainParams.model_fields)
     list_fields = _list_fields()
     cells, seen = [], set()
@@ -247,7 +247,7 @@ def expand_data_prep(grid: Grid, train: list[Cell]) -> list[Cell]:
                   "image_sizes": sorted(sec.image_sizes or sizes.get(ds, {64})), "seed": sec.seed,
                   **(sec.model_extra or {})}
         # the id the notebook's record will carry: the stage's own canonical parameters, hashed
-        from .dataprep import DataPrepParams
+        from studylib.stages.data_prep import DataPrepParams
         rid = run_id("data_prep", DataPrepParams.from_mapping(params).run_params())
         cells.append(Cell("data_prep", rid, params, title=f"{ds}"))
     return cells
@@ -258,7 +258,7 @@ def expand_tune(grid: Grid, train: list[Cell]) -> list[Cell]:
     if sec is None:
         return []
     datasets = sec.datasets or list(dict.fromkeys(c.params["dataset"] for c in train)) or ["clothing10"]
-    from .params import TrainParams
+    from studylib.params import TrainParams
     cells = []
     for ds in datasets:
         for model in sec.models:
@@ -267,7 +267,7 @@ def expand_tune(grid: Grid, train: list[Cell]) -> list[Cell]:
             except ParameterError as err:
                 raise ParameterError(f"tune.{err.parameter}s", err.value, err.allowed) from None
             params = {"model": model, "dataset": ds, "n_trials": sec.n_trials, **(sec.model_extra or {})}
-            from .tuning import TuneParams
+            from studylib.stages.tune import TuneParams
             rid = run_id("tune", TuneParams.from_mapping(params).model_dump())  # as the tune record names itself
             cells.append(Cell("tune", rid, params, title=f"{model} on {ds}",
                               gpu=params.get("device", "auto") != "cpu"))
@@ -277,7 +277,7 @@ def expand_tune(grid: Grid, train: list[Cell]) -> list[Cell]:
 def expand_deploy(grid: Grid, study: str) -> list[Cell]:
     """deploy.run "best": per dataset, the ok train run of this study with the best val top-1
     (of the weights it saved), never chosen on test. Or explicit train run ids."""
-    from .results import load_runs
+    from studylib.study.collect import load_runs
     wanted = grid.deploy.run
     try:
         runs = load_runs(study)
@@ -314,7 +314,7 @@ def expand_cost(grid: Grid, study: str, owned: list[str]) -> list[Cell]:
 
 def run_states(study: str) -> list[str]:
     """`<run id>:<status>` of every run the study has so far (what the cost page summarises)."""
-    from .results import load_runs
+    from studylib.study.collect import load_runs
     try:
         runs = load_runs(study)
     except FileNotFoundError:
@@ -346,7 +346,7 @@ def _now() -> str:
 
 def record_model(stage: str):
     """The stage's record schema in studylib.record: data_prep -> DataPrepRecord, ...; else the base Record."""
-    from . import record
+    from studylib import record
     return getattr(record, "".join(w.capitalize() for w in stage.split("_")) + "Record", Record)
 
 
@@ -404,7 +404,7 @@ def execute_cell(cell: dict, out: str, cwd: str, source: str, gpu: bool = False)
 
     import nbformat
     import papermill as pm
-    from .record import failed_record
+    from studylib.record import failed_record
 
     # train cells pass every TrainParams field, most of which the notebook's parameters cell leaves out
     logging.getLogger("papermill").setLevel(logging.ERROR)
@@ -557,7 +557,9 @@ def run_grid(path: str | Path, workers: int = 1, scheduler: Optional[str] = None
     from distributed import as_completed
     from tqdm import tqdm
 
-    from . import book, results
+    from studylib.study import book
+
+    from studylib.study import collect as results
 
     grid, cells = load_grid(path)          # every parameter checked before anything runs
     if workers < 1:

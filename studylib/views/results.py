@@ -1,4 +1,4 @@
-"""The results chapter's tables and figures, from a study's runs table (studylib.results).
+"""The results chapter's tables and figures, from a study's runs table (studylib.study.collect).
 
 Each dataset gets one table: a row per model (and per setting that varies within the study, such
 as weight_decay in an ablation), with mean ± std over seeds where several seeds ran.

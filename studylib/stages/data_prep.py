@@ -10,7 +10,7 @@ notebooks/data_prep.ipynb calls these steps in order and shows what each returns
 3. `ensure_split_manifest`: a dataset without its own splits gets a stratified split from the
    seed and fractions, written once as a manifest (split, path, label) that every later load uses.
 4. `describe`: per-split and per-class counts, the imbalance, the image size distribution.
-5. `build_cache`: the decoded tensor cache (studylib.cache) for each image size, with build time
+5. `build_cache`: the decoded tensor cache (studylib.data.cache) for each image size, with build time
    and size, and the train split's channel mean and std at each size (what train normalises with).
 6. `dataset_card` and `data_prep_record`: what the notebook glues.
 """
@@ -37,10 +37,12 @@ import numpy as np
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
-from . import __version__, storage
-from .cache import channel_stats, load_split
-from .datasets import DATASETS, Dataset, carved_splits, default_root, load_dataset, manifest_path, read_manifest
-from .errors import ParameterError
+from studylib import __version__
+
+from studylib.data import storage
+from studylib.data.cache import channel_stats, load_split
+from studylib.data.registry import DATASETS, Dataset, carved_splits, default_root, load_dataset, manifest_path, read_manifest
+from studylib.errors import ParameterError
 
 SPLITS = ("train", "val", "test")
 CHECKSUM_LISTS = {"SHA256SUMS": "sha256", "SHA512SUMS": "sha512", "SHA1SUMS": "sha1", "MD5SUMS": "md5"}
@@ -93,7 +95,7 @@ class DataPrepParams(BaseModel):
 
     @classmethod
     def from_mapping(cls, values: dict) -> "DataPrepParams":
-        from .params import validate_mapping
+        from studylib.params import validate_mapping
         return validate_mapping(cls, values, "data_prep", secret=("storage_options",))  # never echo a secret
 
     @classmethod
@@ -577,8 +579,8 @@ def dataset_card(params: DataPrepParams, ds: Dataset, integrity: Integrity, spli
 
 def data_prep_record(params: DataPrepParams, card: dict, started_at: str) -> dict:
     """The stage's `record` (studylib.record.DataPrepRecord) from its card."""
-    from . import environment
-    from .record import DataPrepRecord, run_id
+    from studylib import environment
+    from studylib.record import DataPrepRecord, run_id
     versions = {"python": platform.python_version(), "studylib": __version__, "git_sha": environment.git_sha()}
     for pkg in ("torch", "pillow", "numpy", "fsspec", "s3fs", "gcsfs"):
         try:

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .datasets import Items
-from .paths import cache_dir
+from studylib.data.registry import Items
+from studylib.paths import cache_dir
 
 CACHE_FORMAT = 1  # bump when the decode or resize policy changes
 

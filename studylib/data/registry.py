@@ -2,11 +2,11 @@
 
 A dataset resolves to three `Items` (train, val, test): a list of images that can each be
 loaded as a PIL image, plus labels and a content fingerprint for the tensor cache. Decoding
-to tensors happens once, in `studylib.cache`.
+to tensors happens once, in `studylib.data.cache`.
 
 - clothing10: embedded in data/clothing10 (CC0), the source's own splits.
 - imagefolder: root/<split>/<class>/*.jpg, or root/<class>/*.jpg split by seed. The root may be
-  an fsspec URI (s3://, gs://, file://), read through a local mirror (`studylib.storage`).
+  an fsspec URI (s3://, gs://, file://), read through a local mirror (`studylib.data.storage`).
 - cifar10, food101, flowers102, oxford_pets, stanford_cars: torchvision's datasets, read
   from root or downloaded by torchvision.
 - stanford_dogs: Images/, Annotation/ and the train/test lists; each image is cropped to its
@@ -29,8 +29,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .errors import DatasetUnavailable, ParameterError
-from .paths import cache_dir, data_dir
+from studylib.errors import DatasetUnavailable, ParameterError
+from studylib.paths import cache_dir, data_dir
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
 SPLIT_DIRS = {"train": ("train",), "val": ("val", "validation", "valid"), "test": ("test",)}
@@ -108,7 +108,7 @@ class Dataset:
 
     @property
     def cache_key(self) -> str:
-        """The dataset part of the tensor cache's key (what studylib.run uses)."""
+        """The dataset part of the tensor cache's key (what studylib.train.run uses)."""
         return self.name if self.name != "imagefolder" else f"imagefolder-{Path(self.root).name}"
 
 
@@ -170,7 +170,7 @@ def load_imagefolder(root: str, seed: int = 0, val_fraction: float = 0.1, test_f
 
     `root` may be an fsspec URI; its files are then listed remotely and read through a local
     mirror, copied first (`storage_mode="prefetch"`) or fetched on first use ("lazy")."""
-    from . import storage
+    from studylib.data import storage
     store = None
     if storage.is_uri(root):
         store = storage.open_root(root, storage_mode, storage_options)
@@ -370,7 +370,7 @@ def load_dataset(name: str, root: str = "", seed: int = 0, val_fraction: float =
     `root` may be an fsspec URI (s3://bucket/dogs): imagefolder and clothing10 read it in either
     storage mode; the other datasets are copied whole into a local mirror first (prefetch).
     A split manifest written by data_prep for this root, when there is one, fixes the splits."""
-    from . import storage
+    from studylib.data import storage
     if name not in REGISTRY:
         raise ParameterError("dataset", name, f"one of {', '.join(DATASETS)}")
     if name == "imagefolder" and not root:
@@ -408,7 +408,7 @@ def splits_dir() -> Path:
 
 def manifest_path(name: str, root: str, storage_options: dict | None = None) -> Path:
     """The split manifest of a dataset root: one per (dataset, root), whatever seed a later run uses."""
-    from . import storage
+    from studylib.data import storage
     if storage.is_uri(root):
         key = storage.mirror_path(root, storage_options).name
     else:

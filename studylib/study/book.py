@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from .paths import book_dir, project_root
+from studylib.paths import book_dir, project_root
 
 STAGE_CAPTIONS = {"data_prep": "Data preparation", "train": "Training runs", "tune": "Tuning",
                   "deploy": "Deployment", "cost": "Cost"}
@@ -44,7 +44,7 @@ def execute_page(page: str, study: str, log=print) -> bool:
     """Run one report notebook for the study (atomically); a failure is logged and kept as .failed.ipynb."""
     import papermill as pm
 
-    from .grid import KERNEL_ARGS
+    from studylib.study.runner import KERNEL_ARGS
     out = report_path(page, study)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.stem + ".running.ipynb")
@@ -80,7 +80,7 @@ def hide_injected_parameters(path: Path) -> None:
 
 def toc(study: str) -> dict:
     """The table of contents for a study: fixed chapters, then one page per executed notebook."""
-    from .grid import STAGES, failed_path, read_manifest
+    from studylib.study.runner import STAGES, failed_path, read_manifest
     book = book_dir()
     manifest = read_manifest(study)
     chapters = [{"file": name[:-3]} for name in HAND_WRITTEN[1:]]

@@ -14,8 +14,8 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from .loader import TensorBatches
-from .record import EpochStats
+from studylib.data.loader import TensorBatches
+from studylib.record import EpochStats
 
 
 def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float) -> torch.optim.Optimizer:

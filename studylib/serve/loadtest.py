@@ -93,7 +93,7 @@ def test_images(record: dict, split: str = "test") -> list[ImageFile]:
     Dogs boxes) is sent as lossless PNG, so the server decodes exactly the pixels the evaluation saw.
     Images the cache skipped as undecodable are left out, as they were from the evaluation.
     """
-    from .datasets import load_dataset
+    from studylib.data.registry import load_dataset
     p = record["params"]
     items = load_dataset(p["dataset"], p.get("root", ""), seed=p.get("seed", 0),
                          val_fraction=p.get("val_fraction", 0.1)).splits[split]

@@ -1,7 +1,7 @@
 """Hyperparameter search with Optuna: one shared, resumable study per (model, dataset, budget).
 
-Each trial is one training run through the study's own loop (`studylib.train.fit`, set up
-with `studylib.run`'s pieces), scored on validation top-1 (never test) and reported to the
+Each trial is one training run through the study's own loop (`studylib.train.loop.fit`, set up
+with `studylib.train.run`'s pieces), scored on validation top-1 (never test) and reported to the
 pruner after every epoch. Epochs are the pruner's budget, not a searched value.
 
 The study lives in an Optuna storage (a SQLite file under results/ by default, PostgreSQL or
@@ -31,13 +31,13 @@ from optuna.trial import TrialState
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 from torch import nn
 
-from . import environment
-from .errors import ParameterError, StudyError
-from .params import TrainParams
-from .paths import project_root, results_dir, runs_dir
-from .record import TrainRecord, TuneRecord, run_id
-from .run import batches, build_model, load_run_data, now, seed_everything, train_run
-from .train import build_optimizer, build_schedule, fit
+from studylib import environment
+from studylib.errors import ParameterError, StudyError
+from studylib.params import TrainParams
+from studylib.paths import project_root, results_dir, runs_dir
+from studylib.record import TrainRecord, TuneRecord, run_id
+from studylib.train.run import batches, build_model, load_run_data, now, seed_everything, train_run
+from studylib.train.loop import build_optimizer, build_schedule, fit
 
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
@@ -182,7 +182,7 @@ class TuneParams(BaseModel):
 
     @classmethod
     def from_mapping(cls, values: dict) -> "TuneParams":
-        from .params import validate_mapping
+        from studylib.params import validate_mapping
         params = validate_mapping(cls, values, "tune")
         params.space()                 # a bad space fails here
         params.train_params({})        # so do bad train settings (model, dataset, image size, fixed)

@@ -23,7 +23,7 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
-from .paths import book_dir, results_dir
+from studylib.paths import book_dir, results_dir
 
 ORDER = ["run_id", "stage", "status", "error", "dataset", "model", "seed", "image_size", "pretrained",
          "param_count", "params_m", "size_mb", "gmacs", "test_top1", "test_top5", "balanced_accuracy",
@@ -46,7 +46,7 @@ def read_cell(cell: dict, book: Path) -> Optional[dict]:
     import nbformat
     import scrapbook as sb
 
-    from .grid import failed_path, valid_record
+    from studylib.study.runner import failed_path, valid_record
 
     out = book / cell["notebook"]
     record, path = valid_record(out, cell["stage"]), out
@@ -144,7 +144,7 @@ def _atomic(path: Path, write) -> None:
 
 def collect(study: str, quiet: bool = False) -> pd.DataFrame:
     """Read every cell of the study and write runs.parquet/.csv, epochs.parquet and records.jsonl."""
-    from .grid import read_manifest
+    from studylib.study.runner import read_manifest
 
     manifest = read_manifest(study)
     book = Path(manifest.get("book") or book_dir())
@@ -204,7 +204,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from . import book
+    from studylib.study import book
     try:
         collect(args.study)
     except FileNotFoundError as err:

@@ -1,7 +1,7 @@
 """What each run costs: to prepare its data, tune, train, evaluate and serve, on which machine.
 
 Prices come from params/prices.yaml (each with its source and date). Every function here takes
-run records (plain dicts, as `studylib.results.load_records` returns them) and returns tables;
+run records (plain dicts, as `studylib.study.collect.load_records` returns them) and returns tables;
 cost.ipynb shows them. The rules:
 
 - A run is priced on the machine it ran on: its hardware label (GPU name, or CPU model and
@@ -28,8 +28,8 @@ import pandas as pd
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .errors import ParameterError
-from .paths import project_root
+from studylib.errors import ParameterError
+from studylib.paths import project_root
 
 THIS_MACHINE = "this machine"
 NOT_MEASURED = "not measured"
@@ -200,14 +200,14 @@ class CostParams(BaseModel):
 
     @classmethod
     def from_namespace(cls, namespace: dict) -> "CostParams":
-        from .params import validate_mapping
+        from studylib.params import validate_mapping
         params = validate_mapping(cls, {k: namespace[k] for k in cls.model_fields if k in namespace}, "cost", allowed={
             "study": "a study name", "prices": "a path to a prices YAML file",
             "this_machine_price": "a number, zero or more, or None",
             "this_machine_hardware": "a list of hardware labels",
             "hardware_prices": "a mapping of hardware label to price entry name",
             "cost_run_id": "a run id (text)"})
-        from .paths import results_dir
+        from studylib.paths import results_dir
         here = results_dir()
         if not params.study or not (here / params.study).is_dir():
             found = sorted(p.name for p in here.iterdir() if p.is_dir()) if here.is_dir() else []
@@ -217,7 +217,7 @@ class CostParams(BaseModel):
 
     def run_id(self) -> str:
         """The cost record's id: the grid's cell id when it passes one, else cost-<study>-<hash of the parameters>."""
-        from .record import params_hash
+        from studylib.record import params_hash
         return self.cost_run_id or f"cost-{self.study}-{params_hash(self.model_dump(exclude={'cost_run_id'}))}"
 
 
@@ -236,7 +236,7 @@ def hardware_label(record: dict) -> str:
 
 def host_labels() -> list[str]:
     """The hardware labels of the host running this code: its CPU, and each GPU it can see."""
-    from . import environment
+    from studylib import environment
     labels = [hardware_label({"device": "cpu", "hardware": {"cpu_model": environment.cpu_model(),
                                                              "cpu_count": os.cpu_count()}})]
     try:
@@ -402,7 +402,7 @@ def time_to_accuracy(history: list[dict], target: float) -> tuple[float | None, 
     """DAWNBench time-to-accuracy: train + validation seconds up to the end of the first epoch with
     val top-1 >= target, and that epoch; (None, None) when no epoch reaches it.
 
-    The same rule as studylib.train.time_to_targets, which writes the train record's time_to_target.
+    The same rule as studylib.train.loop.time_to_targets, which writes the train record's time_to_target.
     """
     elapsed = 0.0
     for row in history:
@@ -931,7 +931,7 @@ def json_rows(frame: pd.DataFrame) -> list[dict]:
 
 
 def cost_record(run_id: str, params: dict, study: str, book: PriceBook, tables: CostTables, this_machine: list[str]) -> dict:
-    from .record import CostRecord
+    from studylib.record import CostRecord
     return CostRecord(
         run_id=run_id, params=params, study=study,
         prices={k: p.model_dump(mode="json") for k, p in book.prices.items()},

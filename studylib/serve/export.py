@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import ParameterError
-from .paths import runs_dir
+from studylib.errors import ParameterError
+from studylib.paths import runs_dir
 
 INPUT, OUTPUT = "images", "logits"
 FILES = {"checkpoint": "model.pt", "torch_export": "model.pt2", "onnx": "model.onnx", "onnx_int8": "model.int8.onnx"}
@@ -73,7 +73,7 @@ def _atomic(path: Path, write) -> Path:
 # ---------------------------------------------------------------- preprocessing
 
 def normalise(images_u8: torch.Tensor, mean, std) -> torch.Tensor:
-    """N x 3 x S x S uint8 -> float32, with exactly the operations of studylib.loader.TensorBatches."""
+    """N x 3 x S x S uint8 -> float32, with exactly the operations of studylib.data.loader.TensorBatches."""
     m = torch.tensor(mean).view(1, 3, 1, 1) * 255
     s = torch.tensor(std).view(1, 3, 1, 1) * 255
     return ((images_u8.float() - m) / s).contiguous()
@@ -192,9 +192,9 @@ class ExportResult:
 
 
 def run_data(record: dict):
-    """The run's dataset splits as cached uint8 tensors (studylib.run.load_run_data)."""
-    from .params import TrainParams
-    from .run import load_run_data
+    """The run's dataset splits as cached uint8 tensors (studylib.train.run.load_run_data)."""
+    from studylib.params import TrainParams
+    from studylib.train.run import load_run_data
     return load_run_data(TrainParams.from_mapping(record["params"]))
 
 
@@ -202,7 +202,7 @@ def export_run(run: str, calibration_images: int = 256, int8: bool = True, data=
     """Export a trained run to torch.export, ONNX and int8 ONNX, and check each on the test split."""
     if calibration_images < 1:
         raise ParameterError("calibration_images", calibration_images, "a positive integer")
-    from .run import load_checkpoint
+    from studylib.train.run import load_checkpoint
     folder, record = resolve_run(run)
     data = data or run_data(record)
     mean, std, size = record["data"]["mean"], record["data"]["std"], record["image_size"]
@@ -261,7 +261,7 @@ def ensure_onnx(folder: Path, record: dict, int8: bool = False) -> Path:
     if int8:  # calibration needs the run's train images
         export_run(str(folder), int8=True)
     else:     # fp32 needs only the checkpoint
-        from .run import load_checkpoint
+        from studylib.train.run import load_checkpoint
         program = export_program(load_checkpoint(record, "cpu"), record["image_size"], folder / FILES["torch_export"])
         export_onnx(program, path)
     return path

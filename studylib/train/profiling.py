@@ -5,7 +5,7 @@
   every `interval` seconds while a block of code runs. `train_run` wraps training and the
   test pass in one, for every run; its summary goes into the record's `profile`.
 - `profile_steps`: torch.profiler over a few steps of the study's own loop
-  (`studylib.train.train_epoch`, data path included) on a copy of the model and optimizer,
+  (`studylib.train.loop.train_epoch`, data path included) on a copy of the model and optimizer,
   so the trained weights are untouched. Called by `train_run` when `profile=True`.
 - `peak_memory`: the process's peak resident memory and, on CUDA, PyTorch's peak allocation.
 """
@@ -178,7 +178,7 @@ def profile_steps(model, train_batches, optimizer, loss_fn, device: str, amp: bo
     """
     from torch.profiler import ProfilerActivity, profile, schedule
 
-    from .train import synchronize, train_epoch
+    from studylib.train.loop import synchronize, train_epoch
 
     steps = max(1, min(steps, len(train_batches) - 1)) if len(train_batches) > 1 else 1
     warmup = max(0, min(warmup, len(train_batches) - steps))

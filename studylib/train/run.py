@@ -19,17 +19,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import environment
-from .cache import TensorSplit, channel_stats, load_split
-from .datasets import Dataset, load_dataset
-from .loader import IMAGENET_MEAN, IMAGENET_STD, TensorBatches
-from .metrics import classification_report
-from .models import count_parameters, create_model, gmacs, size_mb
-from .params import TrainParams
-from .paths import runs_dir
-from .profiling import UtilisationSampler, peak_memory
-from .record import TrainRecord, run_id
-from .train import build_optimizer, build_schedule, evaluate, fit, time_to_targets
+from studylib import environment
+from studylib.data.cache import TensorSplit, channel_stats, load_split
+from studylib.data.registry import Dataset, load_dataset
+from studylib.data.loader import IMAGENET_MEAN, IMAGENET_STD, TensorBatches
+from studylib.train.metrics import classification_report
+from studylib.models import count_parameters, create_model, gmacs, size_mb
+from studylib.params import TrainParams
+from studylib.paths import runs_dir
+from studylib.train.profiling import UtilisationSampler, peak_memory
+from studylib.record import TrainRecord, run_id
+from studylib.train.loop import build_optimizer, build_schedule, evaluate, fit, time_to_targets
 
 
 @dataclass
@@ -170,7 +170,7 @@ def train_run(params: TrainParams, progress: bool = True, on_epoch=None) -> Trai
 
     profile = {**sampler.summary(), **peak_memory(device), "operators": None}
     if params.profile:  # torch.profiler over a few more steps, on copies: the trained weights stay as they are
-        from .profiling import profile_steps
+        from studylib.train.profiling import profile_steps
         profile["operators"] = profile_steps(model, train_b, optimizer, loss_fn, device, params.amp)
 
     checkpoint = out_dir / "model.pt"

@@ -1,0 +1,1 @@
+"""Orchestration: grid files, running cells with papermill over Dask, collecting records, the book."""
