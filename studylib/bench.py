@@ -24,11 +24,9 @@ each notebook's wall time is kernel start-up, imports and plots, and how much is
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import statistics
 import sys
-import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -37,6 +35,7 @@ from typing import Iterable, Optional
 import pandas as pd
 
 from studylib.errors import ParameterError
+from studylib.util import atomic_write
 
 DEFAULT_MODELS = ["mobilenet_v3_small", "shufflenet_v2_x1_0"]
 
@@ -275,15 +274,7 @@ def append_row(row: dict, out_dir: Optional[str | Path] = None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     new = pd.DataFrame([row], columns=COLUMNS)
     table = pd.concat([pd.read_csv(path), new], ignore_index=True) if path.is_file() else new
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
-        table.to_csv(tmp, index=False, float_format="%.6g")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return atomic_write(path, lambda tmp: table.to_csv(tmp, index=False, float_format="%.6g"))
 
 
 def load_bench_table(results_dir: Optional[str | Path] = None, full: bool = False,

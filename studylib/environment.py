@@ -6,6 +6,10 @@ import platform
 import subprocess
 import sys
 from functools import lru_cache
+from importlib import metadata
+from typing import Iterable
+
+import torch
 
 from studylib import __version__
 from studylib.paths import project_root
@@ -38,7 +42,6 @@ def git_sha() -> str:
 
 
 def hardware(device: str) -> dict:
-    import torch
     gpu = None
     if device.startswith("cuda") and torch.cuda.is_available():
         gpu = torch.cuda.get_device_name(torch.device(device))
@@ -51,32 +54,27 @@ def hardware(device: str) -> dict:
     }
 
 
-def versions() -> dict:
-    """The software a record was made with. Versions come from the installed packages' metadata, so
-    recording timm's does not import timm (a second of every torchvision run's start-up)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    import torch
-
-    def installed(name: str) -> str | None:
+def package_versions(names: Iterable[str]) -> dict[str, str | None]:
+    """Installed versions from the packages' metadata (None where one is missing): recording a
+    version imports nothing (importing timm alone costs a second of every run's start-up)."""
+    out = {}
+    for name in names:
         try:
-            return version(name)
-        except PackageNotFoundError:
-            return None
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
 
-    return {
-        "python": sys.version.split()[0],
-        "torch": torch.__version__,
-        "torchvision": installed("torchvision"),
-        "timm": installed("timm"),
-        "studylib": __version__,
-        "git_sha": git_sha(),
-    }
+
+def versions(extra: Iterable[str] = ()) -> dict:
+    """The software a record was made with: python, torch, torchvision, timm, studylib and its git
+    commit, and the packages named in `extra`."""
+    return {"python": sys.version.split()[0], "torch": torch.__version__,
+            **package_versions(("torchvision", "timm", *extra)), "studylib": __version__, "git_sha": git_sha()}
 
 
 def resolve_device(device: str) -> str:
     """'auto' means CUDA when present, else CPU."""
-    import torch
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return device

@@ -1,20 +1,60 @@
-"""Parameters of a training run, validated before any work starts.
+"""Every stage's parameters: one base class, shared field types, one validation sentence.
 
-`TrainParams.from_mapping(d)` returns the validated parameters or raises ParameterError
-with one sentence: the parameter, the bad value and what is allowed.
+`StageParams` is the base of TrainParams here and of each stage's params class
+(stages/data_prep.py, stages/tune.py, stages/deploy.py, stages/cost/params.py).
+`from_mapping(d)` returns the validated parameters or raises ParameterError with one sentence:
+the parameter, the bad value and what is allowed. `from_namespace(globals())` picks the class's
+fields out of a notebook's globals (the papermill parameters cell).
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator, model_validator
 
+from studylib.data.registry import DATASETS, default_root
 from studylib.errors import ParameterError
+from studylib.models import fixed_image_size, min_image_size, model_family
 
 
-class TrainParams(BaseModel):
+def _check(test, allowed: str):
+    def check(value, info: ValidationInfo):
+        if not test(value):
+            raise ParameterError(info.field_name, value, allowed)
+        return value
+    return AfterValidator(check)
+
+
+# Field types shared by every params class: each raises the one-sentence error naming its field.
+PositiveInt = Annotated[int, _check(lambda v: v > 0, "a positive integer")]
+NonNegativeInt = Annotated[int, _check(lambda v: v >= 0, "zero or more")]
+PositiveFloat = Annotated[float, _check(lambda v: v > 0, "a positive number")]
+NonNegativeFloat = Annotated[float, _check(lambda v: v >= 0, "zero or more")]
+Fraction = Annotated[float, _check(lambda v: 0 < v < 1, "between 0 and 1")]
+
+
+class StageParams(BaseModel):
+    """Base of every stage's parameters: unknown names refused, one sentence per error."""
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    stage: ClassVar[str] = ""
+    secret: ClassVar[tuple[str, ...]] = ()       # fields whose value is never echoed (only its type)
+    allowed: ClassVar[dict[str, str]] = {}       # the "allowed" part of the sentence, where pydantic's is unclear
+
+    @classmethod
+    def from_mapping(cls, values: dict):
+        return validate_mapping(cls, values, cls.stage, cls.allowed, cls.secret)
+
+    @classmethod
+    def from_namespace(cls, namespace: dict):
+        """Pick this class's fields out of a notebook's globals (the papermill parameters)."""
+        return cls.from_mapping({k: namespace[k] for k in cls.model_fields if k in namespace})
+
+
+class TrainParams(StageParams):
+    """Parameters of train.ipynb: one model on one dataset."""
+    stage: ClassVar[str] = "train"
 
     dataset: str = "clothing10"
     root: str = ""                       # data root; "" means data/<dataset>
@@ -22,69 +62,32 @@ class TrainParams(BaseModel):
     pretrained: bool = False
     finetune: Literal["all", "head"] = "all"
     head: Literal["linear", "mlp"] = "linear"
-    epochs: int = 5
-    batch_size: int = 64
-    lr: float = 1e-2
+    epochs: PositiveInt = 5
+    batch_size: PositiveInt = 64
+    lr: PositiveFloat = 1e-2
     optimizer: Literal["adam", "adamw", "sgd"] = "adamw"
-    weight_decay: float = 5e-4
+    weight_decay: NonNegativeFloat = 5e-4
     schedule: Literal["constant", "cosine", "onecycle"] = "onecycle"
     label_smoothing: float = 0.1
-    image_size: int = 64
+    image_size: PositiveInt = 64
     augment: bool = True
-    early_stopping: int = 0              # patience in epochs on val top-1; 0 means off
+    early_stopping: NonNegativeInt = 0              # patience in epochs on val top-1; 0 means off
     seed: int = 0
     device: str = "auto"
     amp: bool = True                     # bf16 autocast, CUDA only
     channels_last: bool = True           # CUDA only
     compile: bool = False                # torch.compile the model
-    train_limit: int = 0                 # use at most this many training images; 0 means all
-    val_fraction: float = 0.1            # for datasets without a validation split
+    train_limit: NonNegativeInt = 0                 # use at most this many training images; 0 means all
+    val_fraction: Fraction = 0.1            # for datasets without a validation split
     targets: list[float] = [0.5, 0.6, 0.7, 0.8, 0.9]  # val top-1 targets for time-to-accuracy
     profile: bool = False                # torch.profiler summary of a few steps
     output_dir: str = ""                 # "" means runs/<run id>
-
-    @classmethod
-    def from_mapping(cls, values: dict) -> "TrainParams":
-        return validate_mapping(cls, values, "train")
-
-    @classmethod
-    def from_namespace(cls, namespace: dict) -> "TrainParams":
-        """Pick this class's fields out of a notebook's globals (the papermill parameters)."""
-        return cls.from_mapping({k: namespace[k] for k in cls.model_fields if k in namespace})
-
-    @field_validator("epochs", "batch_size", "image_size")
-    @classmethod
-    def _positive_int(cls, v, info):
-        if v <= 0:
-            raise ParameterError(info.field_name, v, "a positive integer")
-        return v
-
-    @field_validator("lr")
-    @classmethod
-    def _positive_lr(cls, v):
-        if not v > 0:
-            raise ParameterError("lr", v, "a positive number")
-        return v
-
-    @field_validator("weight_decay", "train_limit", "early_stopping")
-    @classmethod
-    def _non_negative(cls, v, info):
-        if v < 0:
-            raise ParameterError(info.field_name, v, "zero or more")
-        return v
 
     @field_validator("label_smoothing")
     @classmethod
     def _smoothing(cls, v):
         if not 0 <= v < 1:
             raise ParameterError("label_smoothing", v, "in [0, 1)")
-        return v
-
-    @field_validator("val_fraction")
-    @classmethod
-    def _fraction(cls, v):
-        if not 0 < v < 1:
-            raise ParameterError("val_fraction", v, "between 0 and 1")
         return v
 
     @field_validator("device")
@@ -101,7 +104,6 @@ class TrainParams(BaseModel):
     @field_validator("dataset")
     @classmethod
     def _dataset(cls, v):
-        from studylib.data.registry import DATASETS
         if v not in DATASETS:
             raise ParameterError("dataset", v, f"one of {', '.join(DATASETS)}")
         return v
@@ -109,14 +111,11 @@ class TrainParams(BaseModel):
     @field_validator("model")
     @classmethod
     def _model(cls, v):
-        from studylib.models import model_family
         model_family(v)
         return v
 
     @model_validator(mode="after")
     def _cross_checks(self):
-        from studylib.data.registry import default_root
-        from studylib.models import fixed_image_size, min_image_size
         smallest = min_image_size(self.model)
         if self.image_size < smallest:
             raise ParameterError("image_size", self.image_size, f"at least {smallest} for model '{self.model}'")

@@ -1,5 +1,4 @@
 """The built book in a real headless Chromium: pages open offline, figures load, no console errors."""
-import shutil
 from pathlib import Path
 
 import pytest

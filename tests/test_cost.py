@@ -292,7 +292,6 @@ def test_cost_notebook_renders_in_the_book(study_env, tmp_path, records):
     import subprocess
     import sys
 
-    import nbformat
     import papermill as pm
     import scrapbook as sb
 

@@ -1,5 +1,4 @@
 """data_prep: the clothing10 card through papermill, planted problems, split manifests, crop pairs, parameters."""
-import io
 import shutil
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from studylib.errors import ParameterError
 from studylib.params import TrainParams
 from studylib.record import DataPrepRecord
 from studylib.train.run import train_run
+from studylib.util import now
 
 ROOT = Path(__file__).resolve().parent.parent
 CLASSES = {"red": (200, 40, 40), "green": (40, 180, 40), "blue": (40, 40, 200)}
@@ -49,7 +49,7 @@ def prepare(params: dict):
     ds, splits = dataprep.ensure_split_manifest(ds, p)
     rows, stats = dataprep.build_cache(ds, p.image_sizes)
     card = dataprep.dataset_card(p, ds, integrity, splits, rows, stats, {"open": t_open})
-    return ds, card, dataprep.data_prep_record(p, card, dataprep.now())
+    return ds, card, dataprep.data_prep_record(p, card, now())
 
 
 @pytest.mark.slow

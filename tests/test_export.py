@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from deploy_helpers import exported_run, trained_run
-from studylib.serve.app import export
+from studylib.serve import export
 from studylib.errors import ParameterError
 
 

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from deploy_helpers import exported_run, trained_run
-from studylib.serve.app import loadtest
+from studylib.serve import loadtest
 from studylib.serve.loadtest import Client, ImageFile, multipart
 from studylib.serve.app import Predictor, ServerProcess
 

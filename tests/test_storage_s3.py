@@ -20,6 +20,7 @@ from studylib.errors import DatasetUnavailable
 from studylib.params import TrainParams
 from studylib.record import DataPrepRecord
 from studylib.train.run import load_run_data
+from studylib.util import redact_url
 
 from test_data_prep import CLASSES, imagefolder
 
@@ -140,9 +141,9 @@ def test_file_uri_works_in_both_modes(study_env, tmp_path, monkeypatch):
 
 
 def test_redact_and_storage_options():
-    assert storage.redact("s3://AKIA:secret@bucket/dogs?X-Amz-Signature=abc") == "s3://bucket/dogs"
-    assert storage.redact("file:///data/dogs") == "file:///data/dogs"
-    assert storage.redact("/data/dogs") == "/data/dogs"
+    assert redact_url("s3://AKIA:secret@bucket/dogs?X-Amz-Signature=abc") == "s3://bucket/dogs"
+    assert redact_url("file:///data/dogs") == "file:///data/dogs"
+    assert redact_url("/data/dogs") == "/data/dogs"
     assert storage.check_storage_options({"endpoint_url": "http://x", "client_kwargs": {"region_name": "eu"}})
     for bad in ({"key": "k"}, {"secret": "s"}, {"token": "t"}, {"client_kwargs": {"aws_secret_access_key": "s"}}):
         with pytest.raises(ValueError):

@@ -1,5 +1,4 @@
 """train.ipynb end to end through papermill, its record read back with scrapbook; and determinism."""
-import os
 from pathlib import Path
 
 import nbformat

@@ -17,6 +17,7 @@ from studylib.stages import tune as tuning
 from studylib.errors import ParameterError
 from studylib.record import TuneRecord
 from studylib.train.run import load_run_data
+from studylib.util import redact_url
 
 ROOT = Path(__file__).resolve().parent.parent
 SPACE = {"lr": {"low": 1e-3, "high": 1e-2, "log": True}, "batch_size": [8, 16]}
@@ -86,7 +87,7 @@ def test_bad_tune_parameters_fail_before_any_work(values, parameter):
 
 
 def test_storage_password_is_hidden():
-    assert "s3cret" not in tuning.redact("postgresql://user:s3cret@db.example:5432/optuna")
+    assert "s3cret" not in redact_url("postgresql://user:s3cret@db.example:5432/optuna")
 
 
 # --------------------------------------------------------------------------- the study

@@ -7,8 +7,6 @@ study 002 did); images that cannot be decoded are skipped and listed, never fata
 """
 from __future__ import annotations
 
-import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +17,7 @@ from PIL import Image
 
 from studylib.data.registry import Items
 from studylib.paths import cache_dir
+from studylib.util import atomic_write
 
 CACHE_FORMAT = 1  # bump when the decode or resize policy changes
 
@@ -64,18 +63,6 @@ def cache_path(dataset: str, split: str, size: int, fingerprint: str) -> Path:
     return cache_dir() / dataset / f"{split}-{size}px-v{CACHE_FORMAT}-{fingerprint[:20]}.pt"
 
 
-def _atomic_save(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def load_split(dataset: str, split: str, items: Items, size: int) -> TensorSplit:
     """The split as tensors: from the cache when its key matches, else decoded and cached."""
     t0 = time.perf_counter()
@@ -89,8 +76,8 @@ def load_split(dataset: str, split: str, items: Items, size: int) -> TensorSplit
             return load_split(dataset, split, items, size)
     else:
         out = _decode_all(items, size)
-        _atomic_save({"images": out.images, "labels": out.labels, "names": out.names,
-                      "skipped": out.skipped}, path)
+        atomic_write(path, lambda tmp: torch.save({"images": out.images, "labels": out.labels, "names": out.names,
+                                                   "skipped": out.skipped}, tmp))
     out.seconds = time.perf_counter() - t0
     out.path = str(path)
     return out

@@ -31,6 +31,7 @@ from PIL import Image
 
 from studylib.errors import DatasetUnavailable, ParameterError
 from studylib.paths import cache_dir, data_dir
+from studylib.util import is_uri
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
 SPLIT_DIRS = {"train": ("train",), "val": ("val", "validation", "valid"), "test": ("test",)}
@@ -172,7 +173,7 @@ def load_imagefolder(root: str, seed: int = 0, val_fraction: float = 0.1, test_f
     mirror, copied first (`storage_mode="prefetch"`) or fetched on first use ("lazy")."""
     from studylib.data import storage
     store = None
-    if storage.is_uri(root):
+    if is_uri(root):
         store = storage.open_root(root, storage_mode, storage_options)
         root_path, files, shown = store.local, list(store.files), store.uri
     else:
@@ -378,7 +379,7 @@ def load_dataset(name: str, root: str = "", seed: int = 0, val_fraction: float =
     root = root or default_root(name)
     kwargs = {}
     note = None
-    if storage.is_uri(root):
+    if is_uri(root):
         if name in REMOTE_LISTED:
             kwargs = {"storage_mode": storage_mode, "storage_options": storage_options}
         else:
@@ -409,7 +410,7 @@ def splits_dir() -> Path:
 def manifest_path(name: str, root: str, storage_options: dict | None = None) -> Path:
     """The split manifest of a dataset root: one per (dataset, root), whatever seed a later run uses."""
     from studylib.data import storage
-    if storage.is_uri(root):
+    if is_uri(root):
         key = storage.mirror_path(root, storage_options).name
     else:
         resolved = str(Path(root).resolve())

@@ -27,10 +27,11 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from studylib.errors import DatasetUnavailable, ParameterError
 from studylib.paths import cache_dir
+from studylib.util import redact_url
 
 MODES = ("prefetch", "lazy")
 LOG_NAME = ".studylib-fetched.jsonl"
@@ -44,20 +45,6 @@ NOT_SECRET = {"endpoint_url", "region_name", "anon", "use_ssl", "requester_pays"
 def remote_dir() -> Path:
     """Where local mirrors of remote roots live (STUDYLIB_REMOTE overrides it)."""
     return Path(os.environ.get("STUDYLIB_REMOTE", cache_dir().parent / "remote"))
-
-
-def is_uri(root: str) -> bool:
-    """True for `protocol://...` roots (file:// included); plain paths are local folders."""
-    return bool(re.match(r"^[A-Za-z][A-Za-z0-9+.\-]*://", str(root or "")))
-
-
-def redact(uri: str) -> str:
-    """The URI without a user:password@ part or a ?query (which can hold signed tokens)."""
-    if not is_uri(uri):
-        return uri
-    parts = urlsplit(uri)
-    host = parts.netloc.rsplit("@", 1)[-1]
-    return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
 def _is_secret_key(key: str) -> bool:
@@ -104,7 +91,7 @@ def filesystem(uri: str, storage_options: dict | None = None):
     try:
         return fsspec.core.url_to_fs(uri, **_options(protocol, check_storage_options(storage_options)))
     except (ImportError, ValueError) as err:
-        raise ParameterError("root", redact(uri), f"a URI whose fsspec filesystem is installed and configured "
+        raise ParameterError("root", redact_url(uri), f"a URI whose fsspec filesystem is installed and configured "
                              f"({type(err).__name__}: {err})") from None
 
 
@@ -119,7 +106,7 @@ def _signature(info: dict) -> str:
 
 def mirror_path(uri: str, storage_options: dict | None = None) -> Path:
     """The local mirror's folder for a root: readable name plus a hash of the URI and endpoint."""
-    clean = redact(uri)
+    clean = redact_url(uri)
     protocol = urlsplit(clean).scheme
     endpoint = _options(protocol, storage_options or {}).get("endpoint_url", "")
     digest = hashlib.sha256(f"{clean}|{endpoint}".encode()).hexdigest()[:10]
@@ -255,7 +242,7 @@ def open_root(uri: str, mode: str = "prefetch", storage_options: dict | None = N
     except FileNotFoundError:
         listing = {}
     except Exception as err:  # permission, endpoint, network: one sentence, no credentials
-        raise DatasetUnavailable(f"root '{redact(uri)}' could not be listed ({type(err).__name__}: "
+        raise DatasetUnavailable(f"root '{redact_url(uri)}' could not be listed ({type(err).__name__}: "
                                  f"{_no_secrets(str(err))}); check the endpoint and the credentials in the environment.") from None
     files = {}
     for name, info in listing.items():
@@ -265,11 +252,11 @@ def open_root(uri: str, mode: str = "prefetch", storage_options: dict | None = N
         if rel and not rel.endswith("/") and LOG_NAME not in rel:
             files[rel] = _signature(info)
     if not files:
-        raise DatasetUnavailable(f"root '{redact(uri)}' holds no files; expected root/<split>/<class>/<image> "
+        raise DatasetUnavailable(f"root '{redact_url(uri)}' holds no files; expected root/<split>/<class>/<image> "
                                  "or root/<class>/<image> there.")
     local = mirror_path(uri, options)
     local.mkdir(parents=True, exist_ok=True)
-    root = RemoteRoot(uri=redact(uri), mode=mode, local=local, files=dict(sorted(files.items())),
+    root = RemoteRoot(uri=redact_url(uri), mode=mode, local=local, files=dict(sorted(files.items())),
                       list_seconds=time.perf_counter() - t0, _fs=fs, _base=base, _have=_read_log(local))
     if mode == "prefetch":
         root.prefetch()

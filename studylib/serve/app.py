@@ -68,7 +68,7 @@ class Predictor:
 
     def __init__(self, run: str, backend: str = "onnx", precision: str = "fp32", threads: int = 0,
                  top_k: int = 5, limits: Limits = Limits(), spinning: bool = False):
-        from studylib.serve.app import export
+        from studylib.serve import export
         if backend not in BACKENDS:
             raise ParameterError("backend", backend, f"one of {', '.join(BACKENDS)}")
         if precision not in PRECISIONS:

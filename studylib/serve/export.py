@@ -26,6 +26,7 @@ import torch
 
 from studylib.errors import ParameterError
 from studylib.paths import runs_dir
+from studylib.util import atomic_write
 
 INPUT, OUTPUT = "images", "logits"
 FILES = {"checkpoint": "model.pt", "torch_export": "model.pt2", "onnx": "model.onnx", "onnx_int8": "model.int8.onnx"}
@@ -56,20 +57,6 @@ def file_mb(path: Path) -> float:
     return os.path.getsize(path) / 1e6
 
 
-def _atomic(path: Path, write) -> Path:
-    """Call write(tmp_path) and rename the result onto path, so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
-
-
 # ---------------------------------------------------------------- preprocessing
 
 def normalise(images_u8: torch.Tensor, mean, std) -> torch.Tensor:
@@ -98,7 +85,7 @@ def export_program(model: torch.nn.Module, image_size: int, path: Path):
     example = torch.zeros(2, 3, image_size, image_size)
     batch = torch.export.Dim("batch", min=1, max=4096)
     program = torch.export.export(model.eval(), (example,), dynamic_shapes=({0: batch},))
-    _atomic(Path(path), lambda tmp: torch.export.save(program, tmp))
+    atomic_write(Path(path), lambda tmp: torch.export.save(program, tmp))
     return program
 
 
@@ -106,7 +93,7 @@ def export_onnx(program, path: Path, opset: int = 18) -> Path:
     """Translate a torch.export program into one self-contained ONNX file (dynamic batch)."""
     onnx_program = torch.onnx.export(program, input_names=[INPUT], output_names=[OUTPUT],
                                      opset_version=opset, dynamo=True, verbose=False)
-    return _atomic(Path(path), lambda tmp: onnx_program.save(tmp, external_data=False))
+    return atomic_write(Path(path), lambda tmp: onnx_program.save(tmp, external_data=False))
 
 
 class _Calibration:
@@ -135,7 +122,7 @@ def quantize_int8(onnx_path: Path, path: Path, calibration: torch.Tensor) -> Pat
     with tempfile.TemporaryDirectory(prefix="quant-") as tmp:
         prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(str(onnx_path), str(prepared))  # shape inference and graph folding first
-        _atomic(Path(path), lambda out: quantize_static(
+        atomic_write(Path(path), lambda out: quantize_static(
             str(prepared), out, _Calibration(calibration), quant_format=QuantFormat.QDQ, per_channel=True,
             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
             calibrate_method=CalibrationMethod.MinMax))

@@ -21,14 +21,11 @@ import hashlib
 import io
 import json
 import os
-import tempfile
-import platform
 import time
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
@@ -37,12 +34,12 @@ import numpy as np
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
-from studylib import __version__
 
 from studylib.data import storage
 from studylib.data.cache import channel_stats, load_split
 from studylib.data.registry import DATASETS, Dataset, carved_splits, default_root, load_dataset, manifest_path, read_manifest
 from studylib.errors import ParameterError
+from studylib.util import atomic_write, is_uri, now, redact_url
 
 SPLITS = ("train", "val", "test")
 CHECKSUM_LISTS = {"SHA256SUMS": "sha256", "SHA512SUMS": "sha512", "SHA1SUMS": "sha1", "MD5SUMS": "md5"}
@@ -154,10 +151,10 @@ class DataPrepParams(BaseModel):
         if self.dataset == "imagefolder" and not self.root:
             raise ParameterError("root", self.root, "a folder or URI of root/<split>/<class>/<image> for dataset 'imagefolder'")
         root = self.root or default_root(self.dataset)
-        if storage.is_uri(root):
+        if is_uri(root):
             parts = urlsplit(root)
             if parts.username or parts.password or parts.query:
-                raise ParameterError("root", storage.redact(root), "a URI without credentials or a query in it; "
+                raise ParameterError("root", redact_url(root), "a URI without credentials or a query in it; "
                                      "the storage library reads credentials from the environment")
             protocol = root.split("://", 1)[0]
             if protocol not in fsspec.available_protocols():
@@ -181,7 +178,7 @@ class DataPrepParams(BaseModel):
         """The parameters that define the run (what the run id hashes, what the record keeps): all but
         `workers`, which changes only the speed; the root without credentials."""
         out = self.model_dump(exclude={"workers"})
-        out["root"] = storage.redact(self.root)
+        out["root"] = redact_url(self.root)
         return out
 
 
@@ -419,10 +416,8 @@ def problem_summary(integrity: Integrity):
 
 def write_split_manifest(ds: Dataset, path: Path, made: dict) -> None:
     """Write (split, path, label) for every item, atomically, with how it was made on the first line."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
+    def write(tmp: str) -> None:
+        with open(tmp, "w", newline="") as f:
             f.write("#" + json.dumps(made, sort_keys=True) + "\n")
             w = csv.writer(f)
             w.writerow(["split", "path", "label"])
@@ -430,10 +425,7 @@ def write_split_manifest(ds: Dataset, path: Path, made: dict) -> None:
                 items = ds.splits[split]
                 for p, label in zip(items.paths, items.labels):
                     w.writerow([split, relative(ds, p), ds.classes[label]])
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(path, write)
 
 
 def ensure_split_manifest(ds: Dataset, params: DataPrepParams) -> tuple[Dataset, dict]:
@@ -450,7 +442,7 @@ def ensure_split_manifest(ds: Dataset, params: DataPrepParams) -> tuple[Dataset,
                     "manifest": None, "written": False}
     if ds.notes.get("splits", "").startswith("split manifest") and not params.resplit:
         return ds, {"source": ds.notes["splits"], "manifest": str(path), "written": False}
-    made = {"dataset": params.dataset, "root": storage.redact(root), "seed": params.seed,
+    made = {"dataset": params.dataset, "root": redact_url(root), "seed": params.seed,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     if params.resplit and ds.notes.get("splits", "").startswith("split manifest"):
         path.unlink(missing_ok=True)       # re-split from the folder, not from the old manifest
@@ -553,7 +545,7 @@ def dataset_card(params: DataPrepParams, ds: Dataset, integrity: Integrity, spli
         storage_report = store.report() | {"first_pass_seconds": round(integrity.seconds, 4)}
     return {
         "dataset": ds.name,
-        "root": storage.redact(ds.root),
+        "root": redact_url(ds.root),
         "classes": ds.classes,
         "num_classes": len(ds.classes),
         "sizes": {s: len(ds.splits[s]) for s in SPLITS},
@@ -581,12 +573,7 @@ def data_prep_record(params: DataPrepParams, card: dict, started_at: str) -> dic
     """The stage's `record` (studylib.record.DataPrepRecord) from its card."""
     from studylib import environment
     from studylib.record import DataPrepRecord, run_id
-    versions = {"python": platform.python_version(), "studylib": __version__, "git_sha": environment.git_sha()}
-    for pkg in ("torch", "pillow", "numpy", "fsspec", "s3fs", "gcsfs"):
-        try:
-            versions[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            pass
+    versions = environment.versions(extra=("pillow", "numpy", "fsspec", "s3fs", "gcsfs"))
     rp = params.run_params()
     return DataPrepRecord(
         run_id=run_id("data_prep", rp), params=rp, dataset=card["dataset"], root=card["root"],
@@ -596,10 +583,6 @@ def data_prep_record(params: DataPrepParams, card: dict, started_at: str) -> dic
         seconds=card["seconds"], hardware=environment.hardware("cpu"), versions=versions,
         started_at=started_at, finished_at=now(),
     ).model_dump(mode="json")
-
-
-def now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 # --- figures -------------------------------------------------------------------------------

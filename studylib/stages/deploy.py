@@ -170,7 +170,7 @@ def make_record(params: DeployParams, train_record: dict, exported, served: dict
         run_id=rid, params=p, train_run_id=train_record["run_id"], dataset=train_record["dataset"],
         model=train_record["model"], image_size=train_record["image_size"], backend=params.backend,
         precision=params.precision, device="cpu", hardware=environment.hardware("cpu"),
-        versions={**environment.versions(), **_serving_versions()},
+        versions=environment.versions(extra=("onnx", "onnxruntime", "onnxscript", "fastapi", "uvicorn", "starlette")),
         export=s, sizes_mb=sizes, pytorch_top1=checks["pytorch"]["top1"], onnx_top1=checks["onnx"]["top1"],
         int8_top1=int8["top1"] if int8 else None,
         int8_top1_change=(int8["top1"] - checks["onnx"]["top1"]) if int8 else None,
@@ -180,14 +180,3 @@ def make_record(params: DeployParams, train_record: dict, exported, served: dict
         ceiling={**ceiling, "paired": pair}, inprocess_p50_ms=ceiling["p50_ms"], http_overhead_ms=pair["overhead_p50_ms"],
         server=server, started_at=started_at, finished_at=finished_at,
     ).model_dump(mode="json")
-
-
-def _serving_versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-    out = {}
-    for name in ("onnx", "onnxruntime", "onnxscript", "fastapi", "uvicorn", "starlette"):
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = None
-    return out

@@ -36,6 +36,7 @@ from studylib.errors import ParameterError, StudyError
 from studylib.params import TrainParams
 from studylib.paths import project_root, results_dir, runs_dir
 from studylib.record import TrainRecord, TuneRecord, run_id
+from studylib.util import redact_url
 from studylib.train.run import batches, build_model, load_run_data, now, seed_everything, train_run
 from studylib.train.loop import build_optimizer, build_schedule, fit
 
@@ -247,15 +248,6 @@ class TuneParams(BaseModel):
 
     def resolved_storage(self) -> str:
         return self.storage or default_storage()
-
-
-def redact(url: str) -> str:
-    """The storage URL without its password (for records and logs)."""
-    from sqlalchemy.engine import make_url
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return url.split("://", 1)[0] + "://***"
 
 
 # --------------------------------------------------------------------------- the study
@@ -579,7 +571,7 @@ def make_record(params: TuneParams, outcome: TuneOutcome, r: Retrained, started_
     record = TuneRecord(
         run_id=run_id("tune", params.model_dump()), params=params.model_dump(mode="json"),
         dataset=params.dataset, model=params.model, image_size=params.image_size, epochs=params.epochs,
-        study_name=study.study_name, storage=redact(params.resolved_storage()),
+        study_name=study.study_name, storage=redact_url(params.resolved_storage(), keep_user=True),
         search_space=space_as_dict(params.space()), pruner=params.pruner, sampler="TPE (multivariate, constant liar)",
         device=outcome.device, hardware=environment.hardware(outcome.device), versions=environment.versions(),
         n_trials=params.n_trials, trial_counts=counts, trials=trials,

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -24,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from studylib.paths import book_dir, results_dir
+from studylib.util import atomic_write
 
 ORDER = ["run_id", "stage", "status", "error", "dataset", "model", "seed", "image_size", "pretrained",
          "param_count", "params_m", "size_mb", "gmacs", "test_top1", "test_top5", "balanced_accuracy",
@@ -135,13 +135,6 @@ def _tidy(df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
-def _atomic(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def collect(study: str, quiet: bool = False) -> pd.DataFrame:
     """Read every cell of the study and write runs.parquet/.csv, epochs.parquet and records.jsonl."""
     from studylib.study.runner import read_manifest
@@ -161,10 +154,10 @@ def collect(study: str, quiet: bool = False) -> pd.DataFrame:
         runs.insert(1, "study", study)
     epochs = epochs_frame(records)
     out = study_dir(study)
-    _atomic(out / "runs.parquet", lambda p: runs.to_parquet(p, index=False))
-    _atomic(out / "runs.csv", lambda p: runs.to_csv(p, index=False))
-    _atomic(out / "epochs.parquet", lambda p: epochs.to_parquet(p, index=False))
-    _atomic(out / "records.jsonl", lambda p: Path(p).write_text("".join(json.dumps(r) + "\n" for r in records)))
+    atomic_write(out / "runs.parquet", lambda p: runs.to_parquet(p, index=False))
+    atomic_write(out / "runs.csv", lambda p: runs.to_csv(p, index=False))
+    atomic_write(out / "epochs.parquet", lambda p: epochs.to_parquet(p, index=False))
+    atomic_write(out / "records.jsonl", lambda p: Path(p).write_text("".join(json.dumps(r) + "\n" for r in records)))
     if not quiet:
         ok = int((runs.status == "ok").sum()) if not runs.empty else 0
         print(f"collect {study}: {ok} ok, {len(records) - ok} failed, {missing} not run yet -> {out}/runs.parquet")

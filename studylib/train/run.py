@@ -5,14 +5,10 @@ pieces for each trial, so there is one training loop in the study.
 """
 from __future__ import annotations
 
-import json
-import os
 import random
 import resource
-import tempfile
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +25,7 @@ from studylib.params import TrainParams
 from studylib.paths import runs_dir
 from studylib.train.profiling import UtilisationSampler, peak_memory
 from studylib.record import TrainRecord, run_id
+from studylib.util import atomic_write, atomic_write_json, now
 from studylib.train.loop import build_optimizer, build_schedule, evaluate, fit, time_to_targets
 
 
@@ -54,10 +51,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def load_run_data(params: TrainParams) -> RunData:
@@ -101,21 +94,9 @@ def peak_memory_mb(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def atomic_write_bytes(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def save_checkpoint(model: nn.Module, path: Path) -> None:
     state = getattr(model, "_orig_mod", model).state_dict()
-    atomic_write_bytes(path, lambda tmp: torch.save(state, tmp))
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
 def load_checkpoint(record: dict, device: str = "cpu") -> nn.Module:
@@ -200,5 +181,5 @@ def train_run(params: TrainParams, progress: bool = True, on_epoch=None) -> Trai
         peak_memory_mb=peak_mb, profile=profile, checkpoint=str(checkpoint),
         started_at=started, finished_at=now(),
     ).model_dump(mode="json")
-    atomic_write_bytes(out_dir / "record.json", lambda tmp: Path(tmp).write_text(json.dumps(record, indent=1)))
+    atomic_write_json(out_dir / "record.json", record)
     return TrainResult(record, model, data, test_logits, out_dir)

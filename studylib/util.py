@@ -1,0 +1,66 @@
+"""Small helpers every layer uses: the clock's UTC stamp, atomic file writes, and URL redaction.
+
+A leaf module: it imports nothing from studylib, so anything may import it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+from urllib.parse import urlsplit
+
+
+def now(timespec: str = "seconds") -> str:
+    """The current UTC time as ISO 8601 (`timespec` as datetime.isoformat takes it)."""
+    return datetime.now(timezone.utc).isoformat(timespec=timespec)
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> Path:
+    """Call write(tmp) for a temporary file beside `path`, then rename it onto `path`.
+
+    Readers never see half a file, and a write that fails leaves the old file (or none) and no
+    temporary behind. The temporary keeps the suffix, for writers that go by it (pandas, torch).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f"{path.suffix}.tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike, data, indent: int | None = 1) -> Path:
+    return atomic_write_text(path, json.dumps(data, indent=indent))
+
+
+def is_uri(root: str) -> bool:
+    """True for `protocol://...` roots (file:// included); plain paths are not URIs."""
+    return bool(re.match(r"^[A-Za-z][A-Za-z0-9+.\-]*://", str(root or "")))
+
+
+def redact_url(url: str, keep_user: bool = False) -> str:
+    """The URL without its password, and without a ?query or #fragment (they can hold signed tokens).
+
+    `keep_user` keeps the user name (database URLs read better with it); a plain path comes back as it is.
+    """
+    if not is_uri(url):
+        return url
+    parts = urlsplit(url)
+    userinfo, at, host = parts.netloc.rpartition("@")
+    if at and keep_user:
+        user = userinfo.split(":", 1)[0]
+        host = f"{user}:***@{host}" if ":" in userinfo else f"{user}@{host}"
+    return f"{parts.scheme}://{host}{parts.path}"
