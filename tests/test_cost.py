@@ -23,6 +23,29 @@ PARAMS = {"dataset": "clothing10", "model": "mobilenet_v3_small", "seed": 0, "ep
           "targets": [0.5, 0.7, 0.8], "output_dir": "", "root": ""}
 
 
+# What a real record also holds, and no test here reads: each hand-made record below validates as its model.
+COMMON = {"versions": {}, "started_at": "2026-01-01T09:00:00+00:00", "finished_at": "2026-01-01T10:00:00+00:00"}
+TRAIN_FIELDS = {**COMMON, "pretrained": False, "classes": [f"c{i}" for i in range(10)], "num_classes": 10,
+                "param_count": 1000, "trainable_params": 1000, "size_mb": 1.0, "gmacs": 0.1, "first_step_seconds": 1.0,
+                "peak_memory_mb": 100.0, "checkpoint": "runs/x/model.pt"}
+TEST_METRICS = {"top5": 0.9, "balanced_accuracy": 0.5, "macro_f1": 0.5, "per_class": [], "confusion_matrix": []}
+TUNE_FIELDS = {**COMMON, "image_size": 32, "epochs": 2, "study_name": "search", "storage": "sqlite:///x.db",
+               "search_space": {}, "pruner": "median", "sampler": "tpe", "versions": {}, "n_trials": 8,
+               "trial_counts": {"COMPLETE": 8}, "trials": [], "trials_this_process": [], "best_trial": 0,
+               "best_params": {}, "best_val_top1": 0.6, "worst_trial": 1, "worst_params": {}, "worst_val_top1": 0.3,
+               "default_val_top1": 0.5, "val_gain": 0.1, "retrained_val_top1": 0.6, "tuned_reused": False,
+               "default_run_id": "train-default", "default_test_top1": 0.6, "default_reused": False, "test_gain": 0.06,
+               "complete_seconds": 5400.0, "pruned_seconds": 0.0, "failed_seconds": 0.0, "epochs_trained": 16,
+               "epochs_saved_by_pruning": 0, "process_seconds": 5400.0, "data_seconds": 1.0, "retrain_seconds": 0.0,
+               "default_seconds": 0.0}
+DEPLOY_FIELDS = {**COMMON, "image_size": 32, "export": {}, "sizes_mb": {}, "pytorch_top1": 0.70, "onnx_top1": 0.70,
+                 "int8_top1": None, "int8_top1_change": None, "int8_size_ratio": None, "served": {},
+                 "served_agreement": 1.0, "ceiling": {}, "inprocess_p50_ms": 3.0, "http_overhead_ms": 1.0, "server": {}}
+LEVEL_FIELDS = {"requests": 100, "errors": 0, "seconds": 1.0, "p90_ms": None, "p99_ms": None, "mean_ms": None}
+PREP_FIELDS = {**COMMON, "root": "data/food101", "classes": [], "num_classes": 101, "sizes": {}, "problems": 0,
+               "problem_counts": {}, "checksums": None, "splits": {}, "mean": {}, "std": {}, "cache": [], "storage": None}
+
+
 def epoch(n, seconds, val_seconds, val_top1):
     return {"epoch": n, "train_loss": 1.0, "train_top1": 0.5, "val_loss": 1.0, "val_top1": val_top1, "lr": 0.001,
             "seconds": seconds, "val_seconds": val_seconds, "images_per_second": 100.0, "data_wait_seconds": 0.0}
@@ -37,9 +60,10 @@ def train_record(run_id, history, eval_seconds, top1, device="cpu", gpu=None, ca
     return {"run_id": run_id, "stage": "train", "status": "ok", "params": p, "dataset": p["dataset"],
             "model": p["model"], "device": device,
             "hardware": {"cpu_model": CPU, "cpu_count": 2, "torch_threads": 2, "gpu_name": gpu, "platform": "x"},
-            "history": history, "test": {"top1": top1}, "eval_seconds": eval_seconds,
+            "history": history, "test": {"top1": top1, **TEST_METRICS}, "eval_seconds": eval_seconds,
             "train_seconds": sum(h["seconds"] + h["val_seconds"] for h in history),
-            "time_to_target": tts, "data": {"cache": cache or {}}}
+            "time_to_target": tts, "data": {"cache": cache or {}}, **TRAIN_FIELDS, "image_size": p["image_size"],
+            "epoch_to_target": {k: None for k in tts}}
 
 
 @pytest.fixture
@@ -60,18 +84,19 @@ def records():
                      model="shufflenet_v2_x0_5", lr=0.01)
     tune = {"run_id": "tune-c", "stage": "tune", "status": "ok", "params": {}, "dataset": "clothing10",
             "model": "shufflenet_v2_x0_5", "device": "cpu", "hardware": c["hardware"], "tuning_seconds": 5400.0,
-            "tuned_run_id": "train-c", "tuned_test_top1": 0.66}
+            "tuned_run_id": "train-c", "tuned_test_top1": 0.66, **TUNE_FIELDS}
     deploy = {"run_id": "deploy-a", "stage": "deploy", "status": "ok", "params": {"run": "train-a"},
               "train_run_id": "train-a", "backend": "onnx", "precision": "fp32", "served_top1": 0.70,
               "hardware": a["hardware"], "device": "cpu", "throughput": 250.0, "latency_p50_ms": 4.0,
-              "load": [{"concurrency": 1, "throughput": 200.0, "p50_ms": 4.0},
-                       {"concurrency": 4, "throughput": 250.0, "p50_ms": 15.0}]}
+              "load": [{"concurrency": 1, "throughput": 200.0, "p50_ms": 4.0, **LEVEL_FIELDS},
+                       {"concurrency": 4, "throughput": 250.0, "p50_ms": 15.0, **LEVEL_FIELDS}],
+              "dataset": "clothing10", "model": "mobilenet_v3_small", **DEPLOY_FIELDS}
     # food101, as in study 000, with a data_prep record
     d = train_record("train-d", [epoch(1, 3000, 600, 0.60), epoch(2, 3000, 600, 0.78)], eval_seconds=360, top1=0.79,
                      dataset="food101", model="resnet50")
     prep = {"run_id": "data_prep-food101", "stage": "data_prep", "status": "ok", "params": {"dataset": "food101"},
             "hardware": a["hardware"],
-            "seconds": {"integrity": 300.0, "cache": 60.0, "total": 360.0}}
+            "seconds": {"integrity": 300.0, "cache": 60.0, "total": 360.0}, "dataset": "food101", **PREP_FIELDS}
     failed = {"run_id": "train-x", "stage": "train", "status": "failed", "params": PARAMS, "error": "boom"}
     return [a, b, c, tune, deploy, d, prep, failed]
 
