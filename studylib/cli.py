@@ -11,7 +11,7 @@ import sys
 COMMANDS = {
     "grid": ("studylib.study.runner", "run every cell of a grid file, skip finished ones, then collect"),
     "collect": ("studylib.study.collect", "read every run record into results/<study>/runs.parquet"),
-    "serve": ("studylib.serve.app", "serve a trained run over HTTP"),
+    "serve": ("studylib.serve.server", "serve a trained run over HTTP"),
     "bench": ("studylib.bench", "benchmark the training loop against a bare step"),
 }
 
