@@ -25,7 +25,9 @@ import numpy as np
 import torch
 
 from studylib.errors import ParameterError
+from studylib.params import TrainParams
 from studylib.paths import runs_dir
+from studylib.train.run import load_checkpoint, load_run_data
 from studylib.util import atomic_write
 
 INPUT, OUTPUT = "images", "logits"
@@ -116,8 +118,8 @@ class _Calibration:
 def quantize_int8(onnx_path: Path, path: Path, calibration: torch.Tensor) -> Path:
     """Static int8 post-training quantization (QDQ, per-channel int8 weights, uint8 activations,
     min/max calibration on the given normalised images)."""
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static  # lazy: only int8 exports quantize
+    from onnxruntime.quantization.shape_inference import quant_pre_process  # lazy: as above
 
     with tempfile.TemporaryDirectory(prefix="quant-") as tmp:
         prepared = Path(tmp) / "prepared.onnx"
@@ -133,7 +135,7 @@ def quantize_int8(onnx_path: Path, path: Path, calibration: torch.Tensor) -> Pat
 
 def onnx_session(path: Path, threads: int = 0, spinning: bool = True):
     """An ONNX Runtime CPU session; threads=0 lets ONNX Runtime choose (one per physical core)."""
-    import onnxruntime as ort
+    import onnxruntime as ort  # lazy: only ONNX checks and the ONNX server need it, not the torch backend
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
@@ -180,8 +182,6 @@ class ExportResult:
 
 def run_data(record: dict):
     """The run's dataset splits as cached uint8 tensors (studylib.train.run.load_run_data)."""
-    from studylib.params import TrainParams
-    from studylib.train.run import load_run_data
     return load_run_data(TrainParams.from_mapping(record["params"]))
 
 
@@ -189,7 +189,6 @@ def export_run(run: str, calibration_images: int = 256, int8: bool = True, data=
     """Export a trained run to torch.export, ONNX and int8 ONNX, and check each on the test split."""
     if calibration_images < 1:
         raise ParameterError("calibration_images", calibration_images, "a positive integer")
-    from studylib.train.run import load_checkpoint
     folder, record = resolve_run(run)
     data = data or run_data(record)
     mean, std, size = record["data"]["mean"], record["data"]["std"], record["image_size"]
@@ -248,7 +247,6 @@ def ensure_onnx(folder: Path, record: dict, int8: bool = False) -> Path:
     if int8:  # calibration needs the run's train images
         export_run(str(folder), int8=True)
     else:     # fp32 needs only the checkpoint
-        from studylib.train.run import load_checkpoint
         program = export_program(load_checkpoint(record, "cpu"), record["image_size"], folder / FILES["torch_export"])
         export_onnx(program, path)
     return path

@@ -23,6 +23,9 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import numpy as np
+import torch
+
+from studylib.data.registry import load_dataset
 
 
 @dataclass
@@ -93,7 +96,6 @@ def test_images(record: dict, split: str = "test") -> list[ImageFile]:
     Dogs boxes) is sent as lossless PNG, so the server decodes exactly the pixels the evaluation saw.
     Images the cache skipped as undecodable are left out, as they were from the evaluation.
     """
-    from studylib.data.registry import load_dataset
     p = record["params"]
     items = load_dataset(p["dataset"], p.get("root", ""), seed=p.get("seed", 0),
                          val_fraction=p.get("val_fraction", 0.1)).splits[split]
@@ -210,7 +212,6 @@ def in_process(predictor, images: list[ImageFile], max_requests: int = 2000, max
     model: the backend call alone on one preprocessed image; batch: images/s of the model alone
     on batches of `batch_size`.
     """
-    import torch
     for j in range(warmup):
         predictor.predict([(images[j % len(images)].name, images[j % len(images)].data)])
     seconds = []
