@@ -1,8 +1,8 @@
 """The run record: one schema, defined here, written by every stage and read by every consumer.
 
 Each stage notebook glues one scrap named `record` (scrapbook), a JSON dict that validates
-as one of these models. The run id is a readable prefix plus a hash of the parameters, so
-the same parameters always name the same run.
+as its stage's model in RECORD_TYPES; readers validate it against the same model. The run id is
+a readable prefix plus a hash of the parameters, so the same parameters always name the same run.
 """
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import hashlib
 import json
 from typing import Optional
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 
 def params_hash(params: dict) -> str:
@@ -93,7 +93,7 @@ def failed_record(stage: str, params: dict, error: str, rid: str | None = None) 
                   params=params, error=error).model_dump(mode="json")
 
 
-# --- stage "tune" (studylib/tuning.py, notebooks/tune.ipynb) ------------------------------------
+# --- stage "tune" (studylib/stages/tune.py, notebooks/tune.ipynb) ------------------------------------
 
 class TuneTrial(BaseModel):
     number: int
@@ -153,7 +153,7 @@ class TuneRecord(Record):
     finished_at: str
 
 
-# --- stage "cost" (studylib/cost.py, notebooks/cost.ipynb) ------------------------------------
+# --- stage "cost" (studylib/stages/cost, notebooks/cost.ipynb) ------------------------------------
 
 class CostRecord(Record):
     stage: str = "cost"
@@ -172,7 +172,7 @@ class CostRecord(Record):
     notes: list[str]
 
 
-# --- stage "data_prep" (studylib/dataprep.py, notebooks/data_prep.ipynb) ------------------------
+# --- stage "data_prep" (studylib/stages/data_prep.py, notebooks/data_prep.ipynb) ------------------------
 
 class DataPrepRecord(Record):
     stage: str = "data_prep"
@@ -196,7 +196,7 @@ class DataPrepRecord(Record):
     finished_at: str
 
 
-# --- stage "deploy" (studylib/export.py, serve.py, loadtest.py, notebooks/deploy.ipynb) ---------
+# --- stage "deploy" (studylib/stages/deploy.py, serve/, notebooks/deploy.ipynb) ---------
 
 class LoadLevel(BaseModel):
     concurrency: int
@@ -240,3 +240,27 @@ class DeployRecord(Record):
     server: dict                 # command, threads, workers, startup seconds, alive after the test
     started_at: str
     finished_at: str
+
+
+# --- reading records back ------------------------------------------------------------------------
+
+RECORD_TYPES: dict[str, type[Record]] = {"data_prep": DataPrepRecord, "train": TrainRecord, "tune": TuneRecord,
+                                         "deploy": DeployRecord, "cost": CostRecord}
+
+
+def field_path(loc: tuple) -> str:
+    """A pydantic error location as one readable path: ("history", 0, "lr") -> "history[0].lr"."""
+    path = ""
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return path
+
+
+def invalid_field(stage: str, data: dict) -> Optional[str]:
+    """None when `data` validates as the stage's record type; else the first field that failed, and why."""
+    try:
+        RECORD_TYPES.get(stage, Record).model_validate(data)
+    except ValidationError as err:
+        first = err.errors()[0]
+        return f"record field '{field_path(first['loc'])}': {first['msg']}"
+    return None
