@@ -14,9 +14,10 @@ import pandas as pd
 import pytest
 import yaml
 
-from studylib.study import runner as G
 from studylib.errors import ParameterError
-from studylib.record import TrainRecord
+from studylib.record import RECORD_TYPES, TrainRecord
+from studylib.study import expand, manifest, runner
+from studylib.study.execute import valid_record
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
@@ -31,7 +32,7 @@ def write_grid(tmp_path, text: str) -> Path:
 # ---- grid files ------------------------------------------------------------------------------
 
 def test_shipped_grids_validate():
-    quick, cells = G.load_grid(ROOT / "params" / "quick.yaml")
+    quick, cells = expand.load_grid(ROOT / "params" / "quick.yaml")
     train = cells["train"]
     assert {c.params["model"] for c in train} == {"mnasnet0_5", "mobilenet_v3_small", "mobilenet_v3_large",
                                                   "shufflenet_v2_x0_5", "shufflenet_v2_x1_0", "tiny_vit_5m_224",
@@ -45,7 +46,7 @@ def test_shipped_grids_validate():
     assert [c.params["dataset"] for c in cells["data_prep"]] == ["clothing10"]
     assert cells["data_prep"][0].params["image_sizes"] == [64]
 
-    full, cells = G.load_grid(ROOT / "params" / "full.yaml")
+    full, cells = expand.load_grid(ROOT / "params" / "full.yaml")
     train = cells["train"]
     assert {c.params["dataset"] for c in train} == {"clothing10", "stanford_dogs", "food101", "cifar10"}
     study002 = [c for c in train if c.params["model"] == "mobilenet_v3_large"]
@@ -56,7 +57,7 @@ def test_shipped_grids_validate():
     l2 = sorted(c.params["weight_decay"] for c in train if c.params["model"] == "smallvgg3")
     assert l2 == [0.0, 5e-4]
 
-    smoke, cells = G.load_grid(ROOT / "params" / "smoke.yaml")
+    smoke, cells = expand.load_grid(ROOT / "params" / "smoke.yaml")
     assert len(cells["train"]) == 3
 
 
@@ -74,7 +75,7 @@ train:
   overrides:
     smallvgg2: {seeds: [0, 1], epochs: 3}
 """)
-    _, cells = G.load_grid(path)
+    _, cells = expand.load_grid(path)
     train = cells["train"]
     assert len(train) == 2 * (1 + 2)
     assert all(c.params["targets"] == [0.5, 0.9] for c in train)
@@ -124,7 +125,7 @@ BAD = [
 @pytest.mark.parametrize("text,message", BAD, ids=[m.split("'")[1] if "'" in m else "yaml" for _, m in BAD])
 def test_bad_grid_is_one_sentence_before_any_work(tmp_path, text, message):
     with pytest.raises(ParameterError) as info:
-        G.load_grid(write_grid(tmp_path, text))
+        expand.load_grid(write_grid(tmp_path, text))
     assert message in str(info.value)
     assert str(info.value).count("\n") == 0
     assert not list(tmp_path.glob("*/")), "nothing is written while validating"
@@ -137,10 +138,10 @@ def test_stage_section_keys_must_be_notebook_parameters(tmp_path, monkeypatch):
     nb.cells[0].metadata["tags"] = ["parameters"]
     nb.metadata["kernelspec"] = {"name": "python3", "language": "python", "display_name": "Python 3"}
     nbformat.write(nb, nbs / "cost.ipynb")
-    monkeypatch.setattr(G, "notebooks_dir", lambda: nbs)
-    G.load_grid(write_grid(tmp_path, "study: t\nstages: [cost]\ncost: {prices: params/prices.yaml}"))
+    monkeypatch.setattr(manifest, "notebooks_dir", lambda: nbs)
+    expand.load_grid(write_grid(tmp_path, "study: t\nstages: [cost]\ncost: {prices: params/prices.yaml}"))
     with pytest.raises(ParameterError, match=r"parameter 'cost.price' is 'x', but it must be a parameter of notebooks/cost.ipynb \(prices, study\)."):
-        G.load_grid(write_grid(tmp_path, "study: t\nstages: [cost]\ncost: {price: x}"))
+        expand.load_grid(write_grid(tmp_path, "study: t\nstages: [cost]\ncost: {price: x}"))
 
 
 def test_cli_rejects_a_bad_grid_with_one_line(tmp_path):
@@ -159,26 +160,26 @@ def test_deploy_best_is_chosen_on_validation_never_test(tmp_path, monkeypatch):
         {"run_id": "c", "stage": "train", "status": "failed", "dataset": "d1", "model": "m3", "seed": 0, "val_top1": None, "test_top1": None, "train_seconds": None},
         {"run_id": "d", "stage": "train", "status": "ok", "dataset": "d2", "model": "m1", "seed": 0, "val_top1": 0.3, "test_top1": 0.3, "train_seconds": 1.0},
     ]).to_parquet(tmp_path / "t" / "runs.parquet")
-    g = G.Grid.model_validate({"study": "t", "stages": ["deploy"], "deploy": {"run": "best"}})
-    cells = G.expand_deploy(g, "t")
+    g = expand.Grid.model_validate({"study": "t", "stages": ["deploy"], "deploy": {"run": "best"}})
+    cells = expand.expand_deploy(g, "t")
     assert [c.params["run"] for c in cells] == ["b", "d"]
     # the cell's id is readable and is the id its record will carry (the notebook's deploy_run_id)
     assert cells[0].run_id.startswith("deploy-d1-m2-") and cells[0].params["deploy_run_id"] == cells[0].run_id
-    g = G.Grid.model_validate({"study": "t", "stages": ["deploy"], "deploy": {"run": ["a"]}})
-    [cell] = G.expand_deploy(g, "t")
+    g = expand.Grid.model_validate({"study": "t", "stages": ["deploy"], "deploy": {"run": ["a"]}})
+    [cell] = expand.expand_deploy(g, "t")
     assert cell.params == {"run": "a", "deploy_run_id": cell.run_id} and cell.run_id.startswith("deploy-d1-m1-")
 
 
 def test_cost_page_changes_when_the_study_gains_a_run():
-    g = G.Grid.model_validate({"study": "t", "stages": ["cost"]})
-    one = G.expand_cost(g, "t", ["r1", "r2"])[0]
+    g = expand.Grid.model_validate({"study": "t", "stages": ["cost"]})
+    one = expand.expand_cost(g, "t", ["r1", "r2"])[0]
     assert one.params == {"study": "t", "cost_run_id": one.run_id}
-    assert G.expand_cost(g, "t", ["r2", "r1"])[0].run_id == one.run_id
-    assert G.expand_cost(g, "t", ["r1", "r2", "r3"])[0].run_id != one.run_id
+    assert expand.expand_cost(g, "t", ["r2", "r1"])[0].run_id == one.run_id
+    assert expand.expand_cost(g, "t", ["r1", "r2", "r3"])[0].run_id != one.run_id
 
 
 def test_each_stage_validates_against_its_record_model():
-    assert [G.record_model(s).__name__ for s in G.STAGES] == [
+    assert [RECORD_TYPES[s].__name__ for s in manifest.STAGES] == [
         "DataPrepRecord", "TrainRecord", "TuneRecord", "DeployRecord", "CostRecord"]
 
 
@@ -186,10 +187,10 @@ def test_a_notebook_without_a_valid_record_is_not_done(tmp_path):
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("1")])
     path = tmp_path / "x.ipynb"
     nbformat.write(nb, path)
-    assert G.valid_record(path, "train") is None            # ran, but glued nothing
+    assert valid_record(path, "train") is None            # ran, but glued nothing
     path.write_text(path.read_text()[:40])
-    assert G.valid_record(path, "train") is None            # half-written
-    assert G.valid_record(tmp_path / "missing.ipynb", "train") is None
+    assert valid_record(path, "train") is None            # half-written
+    assert valid_record(tmp_path / "missing.ipynb", "train") is None
 
 
 # ---- the smoke grid, end to end ------------------------------------------------------------------
@@ -295,18 +296,18 @@ def test_interrupted_grid_resumes(study_env, tmp_path):
 
 def test_a_grid_of_some_stages_keeps_the_other_stages_cells(tmp_path, monkeypatch):
     monkeypatch.setenv("STUDYLIB_RESULTS", str(tmp_path))
-    G.Manifest("t", "g.yaml", [G.Cell("train", "train-a", {"model": "m"}), G.Cell("deploy", "deploy-b", {"run": "train-a"})]).write()
-    g = G.Grid.model_validate({"study": "t", "stages": ["deploy", "cost"]})
-    assert [c.run_id for c in G.kept_cells(g)] == ["train-a"]
-    assert G.kept_cells(G.Grid.model_validate({"study": "other", "stages": ["train"]})) == []
+    manifest.Manifest("t", "g.yaml", [manifest.Cell("train", "train-a", {"model": "m"}), manifest.Cell("deploy", "deploy-b", {"run": "train-a"})]).write()
+    g = expand.Grid.model_validate({"study": "t", "stages": ["deploy", "cost"]})
+    assert [c.run_id for c in manifest.kept_cells(g)] == ["train-a"]
+    assert manifest.kept_cells(expand.Grid.model_validate({"study": "other", "stages": ["train"]})) == []
 
 
 def test_local_gpu_workers_offer_the_gpu_resource():
     """With --gpus N the local workers advertise GPU=1 (cells then ask for it); without, none do."""
     for gpus, expected in ((1, True), (0, False)):
-        client, cluster = G.start_client(workers=1, scheduler=None, gpus=gpus)
+        client, cluster = runner.start_client(workers=1, scheduler=None, gpus=gpus)
         try:
-            assert G.cluster_has_gpus(client) is expected
+            assert runner.cluster_has_gpus(client) is expected
         finally:
             client.close()
             cluster.close()
@@ -326,7 +327,7 @@ def test_local_workers_notebooks_compute_as_if_run_by_hand(workers, monkeypatch)
     one-worker grid train ~3x slower); the grid's notebooks get cores // workers threads and glibc's default."""
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MALLOC_TRIM_THRESHOLD_"):
         monkeypatch.delenv(name, raising=False)
-    client, cluster = G.start_client(workers=workers, scheduler=None, gpus=0)
+    client, cluster = runner.start_client(workers=workers, scheduler=None, gpus=0)
     try:
         settings = client.run(_kernel_settings)
     finally:

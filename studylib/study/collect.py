@@ -23,6 +23,9 @@ import numpy as np
 import pandas as pd
 
 from studylib.paths import book_dir, results_dir
+from studylib.study import book
+from studylib.study.execute import glued_record, valid_record
+from studylib.study.manifest import failed_path, read_manifest
 from studylib.util import atomic_write
 
 ORDER = ["run_id", "stage", "status", "error", "dataset", "model", "seed", "image_size", "pretrained",
@@ -43,10 +46,7 @@ def _scalar(v) -> bool:
 
 def read_cell(cell: dict, book: Path) -> Optional[dict]:
     """The record of one cell (ok or failed), with its notebook path and execution times; None if not run."""
-    import nbformat
-    import scrapbook as sb
-
-    from studylib.study.runner import failed_path, valid_record
+    import nbformat  # lazy: only reading a study's notebooks needs it, not the notebooks that load its tables
 
     out = book / cell["notebook"]
     record, path = valid_record(out, cell["stage"]), out
@@ -56,8 +56,7 @@ def read_cell(cell: dict, book: Path) -> Optional[dict]:
             return None
     meta = nbformat.read(path, as_version=4).metadata.get("studylib", {})
     if path != out:   # a failed run: the failed record the notebook glued, else the runner's
-        scraps = sb.read_notebook(str(path)).scraps
-        glued = scraps["record"].data if "record" in scraps else None
+        glued = glued_record(path)
         record = glued if glued and glued.get("status") == "failed" else meta.get("record") or {
             "run_id": cell["run_id"], "stage": cell["stage"], "status": "failed", "params": cell["params"],
             "error": "unknown: the failed notebook carries no error"}
@@ -137,8 +136,6 @@ def _tidy(df: pd.DataFrame) -> pd.DataFrame:
 
 def collect(study: str, quiet: bool = False) -> pd.DataFrame:
     """Read every cell of the study and write runs.parquet/.csv, epochs.parquet and records.jsonl."""
-    from studylib.study.runner import read_manifest
-
     manifest = read_manifest(study)
     book = Path(manifest.get("book") or book_dir())
     records, missing = [], 0
@@ -197,7 +194,6 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from studylib.study import book
     try:
         collect(args.study)
     except FileNotFoundError as err:

@@ -1,0 +1,291 @@
+"""The grid file and its cells: the schema of params/<study>.yaml, validated, expanded into one cell per run.
+
+A grid file names a study, the stages to run and, for the train stage, blocks of datasets x
+models x seeds x hyperparameters (a list is a cartesian product; per-model overrides allowed).
+`load_grid` validates every parameter before any cell runs and expands the train, data_prep and
+tune cells; deploy and cost cells depend on earlier stages' records and are expanded when their
+stage starts (`expand_deploy`, `expand_cost`). Any mistake is one ParameterError sentence.
+"""
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import itertools
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from studylib.errors import ParameterError
+from studylib.params import TrainParams
+from studylib.paths import project_root
+from studylib.record import field_path, params_hash, run_id
+from studylib.stages.data_prep import DataPrepParams
+from studylib.stages.tune import TuneParams
+from studylib.study.collect import load_runs
+from studylib.study.manifest import STAGES, Cell, source_notebook
+
+class TrainBlock(BaseModel):
+    """datasets x models x seeds x every list-valued train parameter; overrides per model (glob)."""
+    model_config = ConfigDict(extra="allow")   # the extra keys are train parameters
+    name: str = ""
+    datasets: list[str] = ["clothing10"]
+    models: list[str] = Field(min_length=1)
+    seeds: list[int] = [0]
+    overrides: dict[str, dict[str, Any]] = {}
+
+
+class Section(BaseModel):
+    """A stage section: its own keys, and any other key passed to the stage notebook as a parameter."""
+    model_config = ConfigDict(extra="allow")
+
+
+class DataPrepSection(Section):
+    datasets: Optional[list[str]] = None        # default: the train datasets
+    image_sizes: Optional[list[int]] = None     # default: the train image sizes of each dataset
+    seed: int = 0
+
+
+class TuneSection(Section):
+    models: list[str] = Field(min_length=1)
+    datasets: Optional[list[str]] = None        # default: the train datasets
+    n_trials: int = Field(default=8, gt=0)
+
+
+class DeploySection(Section):
+    run: Union[str, list[str]] = "best"         # "best" per dataset (best val top-1), or train run ids
+
+
+class Grid(BaseModel):
+    """A grid file: the study's name, the stages to run, and a section per stage."""
+    model_config = ConfigDict(extra="forbid")
+    study: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    title: str = ""
+    description: str = ""
+    stages: list[Literal[STAGES]] = Field(min_length=1)
+    train: list[TrainBlock] = []
+    data_prep: DataPrepSection = DataPrepSection()
+    tune: Optional[TuneSection] = None
+    deploy: DeploySection = DeploySection()
+    cost: Section = Section()
+
+    @field_validator("train", mode="before")
+    @classmethod
+    def _one_block_or_many(cls, v):
+        return [v] if isinstance(v, dict) else v
+
+
+def _first_error(err: ValidationError) -> ParameterError:
+    """The grid file's first invalid key as one ParameterError sentence."""
+    first = err.errors()[0]
+    path = field_path(first["loc"])
+    allowed = first.get("msg", "valid").replace("Input should be ", "").replace("String should match pattern", "a name matching")
+    if first["type"] == "missing":
+        return ParameterError(path, None, "given (it is required)")
+    if first["type"] == "extra_forbidden":
+        return ParameterError(path, first.get("input"), f"left out: the known keys are {', '.join(Grid.model_fields)}")
+    return ParameterError(path or "grid", first.get("input"), allowed)
+
+
+def load_grid(path: str | Path) -> tuple[Grid, dict[str, list[Cell]]]:
+    """Read and validate a grid file; returns the grid and the cells known before any run.
+
+    Train (and data_prep, tune) cells are expanded and validated here; deploy and cost cells
+    depend on earlier stages' records and are expanded when their stage starts.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ParameterError("grid file", str(path), "an existing YAML file such as params/quick.yaml")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ParameterError("grid file", str(path), f"valid YAML ({str(err).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise ParameterError("grid file", str(path), "a YAML mapping with study, stages and train")
+    try:
+        grid = Grid.model_validate(data)
+    except ValidationError as err:
+        raise _first_error(err) from None
+    if "train" in grid.stages and not grid.train:
+        raise ParameterError("train", None, "at least one block of datasets and models when stages include train")
+    with contextlib.chdir(project_root()):   # relative data roots are relative to the project
+        train = expand_train(grid)
+    cells = {"train": train if "train" in grid.stages else []}
+    cells["data_prep"] = expand_data_prep(grid, train) if "data_prep" in grid.stages else []
+    cells["tune"] = expand_tune(grid, train) if "tune" in grid.stages else []
+    for stage in ("data_prep", "tune", "deploy", "cost"):
+        section = getattr(grid, stage)
+        if stage in grid.stages and section is not None:
+            check_notebook_parameters(stage, section.model_extra or {})
+    return grid, cells
+
+
+def _list_fields() -> set[str]:
+    return {name for name, f in TrainParams.model_fields.items() if "list" in str(f.annotation)}
+
+
+def _sweep(settings: dict, list_fields: set[str]) -> list[dict]:
+    """Cartesian product of list values (a list-typed parameter sweeps only when given a list of lists)."""
+    axes = {}
+    for key, value in settings.items():
+        if isinstance(value, list) and (key not in list_fields or (value and isinstance(value[0], list))):
+            axes[key] = value
+        else:
+            axes[key] = [value]
+    return [dict(zip(axes, combo)) for combo in itertools.product(*axes.values())]
+
+
+def expand_train(grid: Grid) -> list[Cell]:
+    """One cell per dataset x model x seed x swept setting, each validated as TrainParams (duplicates once)."""
+    fields = set(TrainParams.model_fields)
+    list_fields = _list_fields()
+    cells, seen = [], set()
+    for b, block in enumerate(grid.train):
+        where = f"train[{b}]" if len(grid.train) > 1 else "train"
+        base = dict(block.model_extra or {})
+        for key in base:
+            if key in ("dataset", "model", "seed") or key not in fields - {"output_dir"}:
+                raise ParameterError(f"{where}.{key}", base[key],
+                                     "a train parameter (datasets, models and seeds are lists of their own)"
+                                     if key in ("dataset", "model", "seed") else
+                                     f"one of the train parameters ({', '.join(sorted(fields - {'dataset', 'model', 'seed', 'output_dir'}))})")
+        for pattern, values in block.overrides.items():
+            if not any(fnmatch.fnmatchcase(m, pattern) for m in block.models):
+                raise ParameterError(f"{where}.overrides.{pattern}", pattern, f"a model of this block or a pattern matching one ({', '.join(block.models)})")
+            for key in values:
+                if key != "seeds" and (key in ("dataset", "model", "seed", "output_dir") or key not in fields):
+                    raise ParameterError(f"{where}.overrides.{pattern}.{key}", values[key], "seeds or a train parameter")
+        for dataset in block.datasets:
+            for model in block.models:
+                settings, origin = dict(base), {k: where for k in base}
+                seeds = block.seeds
+                for pattern, values in block.overrides.items():
+                    if fnmatch.fnmatchcase(model, pattern):
+                        for key, value in values.items():
+                            if key == "seeds":
+                                seeds = value if isinstance(value, list) else [value]
+                            else:
+                                settings[key] = value
+                                origin[key] = f"{where}.overrides.{pattern}"
+                for seed in seeds:
+                    for combo in _sweep(settings, list_fields):
+                        values = {"dataset": dataset, "model": model, "seed": seed, **combo}
+                        try:
+                            params = TrainParams.from_mapping(values).run_params()
+                        except ParameterError as err:
+                            src = origin.get(err.parameter, where)
+                            if err.parameter in ("dataset", "model", "seed"):
+                                src, name = where, err.parameter + "s"
+                            else:
+                                name = err.parameter
+                            raise ParameterError(f"{src}.{name}", err.value, err.allowed) from None
+                        rid = run_id("train", params)
+                        if rid in seen:
+                            continue
+                        seen.add(rid)
+                        title = f"{model} on {dataset}, seed {seed}"
+                        extra = {k: params[k] for k, v in combo.items() if isinstance(base.get(k), list)}
+                        if extra:
+                            title += " (" + ", ".join(f"{k} {v}" for k, v in extra.items()) + ")"
+                        cells.append(Cell("train", rid, params, title=title, gpu=params["device"] != "cpu"))
+    return cells
+
+
+def expand_data_prep(grid: Grid, train: list[Cell]) -> list[Cell]:
+    """One cell per dataset: the image sizes the train cells use (decoded once into the tensor cache)."""
+    sec = grid.data_prep
+    roots, sizes = {}, {}
+    for c in train:
+        roots.setdefault(c.params["dataset"], c.params["root"])
+        sizes.setdefault(c.params["dataset"], set()).add(c.params["image_size"])
+    datasets = sec.datasets or list(roots)
+    cells = []
+    for ds in datasets:
+        params = {"dataset": ds, "root": roots.get(ds, ""),
+                  "image_sizes": sorted(sec.image_sizes or sizes.get(ds, {64})), "seed": sec.seed,
+                  **(sec.model_extra or {})}
+        # the id the notebook's record will carry: the stage's own canonical parameters, hashed
+        rid = run_id("data_prep", DataPrepParams.from_mapping(params).run_params())
+        cells.append(Cell("data_prep", rid, params, title=f"{ds}"))
+    return cells
+
+
+def expand_tune(grid: Grid, train: list[Cell]) -> list[Cell]:
+    """One Optuna search per dataset x model of the tune section (datasets default to the train cells')."""
+    sec = grid.tune
+    if sec is None:
+        return []
+    datasets = sec.datasets or list(dict.fromkeys(c.params["dataset"] for c in train)) or ["clothing10"]
+    cells = []
+    for ds in datasets:
+        for model in sec.models:
+            try:
+                TrainParams.from_mapping({"dataset": ds, "model": model})
+            except ParameterError as err:
+                raise ParameterError(f"tune.{err.parameter}s", err.value, err.allowed) from None
+            params = {"model": model, "dataset": ds, "n_trials": sec.n_trials, **(sec.model_extra or {})}
+            rid = run_id("tune", TuneParams.from_mapping(params).model_dump())  # as the tune record names itself
+            cells.append(Cell("tune", rid, params, title=f"{model} on {ds}",
+                              gpu=params.get("device", "auto") != "cpu"))
+    return cells
+
+
+def expand_deploy(grid: Grid, study: str) -> list[Cell]:
+    """deploy.run "best": per dataset, the ok train run of this study with the best val top-1
+    (of the weights it saved), never chosen on test. Or explicit train run ids."""
+    wanted = grid.deploy.run
+    try:
+        runs = load_runs(study)
+        train = runs[(runs.stage == "train") & (runs.status == "ok")]
+    except FileNotFoundError:
+        train = None
+    if wanted == "best":
+        if train is None or train.empty:
+            return []
+        best = (train.sort_values(["val_top1", "train_seconds", "run_id"], ascending=[False, True, True])
+                .groupby("dataset", sort=True).head(1))
+        chosen = [(r.run_id, f"best of {r.dataset}: {r.model}, seed {r.seed}") for r in best.itertuples()]
+    else:
+        chosen = [(r, r) for r in ([wanted] if isinstance(wanted, str) else wanted)]
+    cells = []
+    for rid, title in chosen:
+        params = {"run": rid, **(grid.deploy.model_extra or {})}
+        trained = train[train.run_id == rid].head(1) if train is not None else []
+        named = {"dataset": trained.dataset.iloc[0], "model": trained.model.iloc[0]} if len(trained) else {}
+        deploy_id = run_id("deploy", {**named, **params})   # readable: deploy-<dataset>-<model>-<hash>
+        # the notebook's record takes the cell's id (deploy.ipynb's deploy_run_id parameter)
+        cells.append(Cell("deploy", deploy_id, {**params, "deploy_run_id": deploy_id}, title=title))
+    return cells
+
+
+def expand_cost(grid: Grid, study: str, owned: list[str]) -> list[Cell]:
+    """One cost page for the study. It summarises every run before it, so its id hashes their ids
+    and states: a new run (or a failed one that now succeeded) gives a new page; no change skips it."""
+    params = {"study": study, **(grid.cost.model_extra or {})}
+    rid = f"cost-{study}-{params_hash({'params': params, 'runs': sorted(owned)})}"
+    # the notebook's record takes the cell's id (cost.ipynb's cost_run_id parameter)
+    return [Cell("cost", rid, {**params, "cost_run_id": rid}, title=f"cost of study {study}")]
+
+
+def run_states(study: str) -> list[str]:
+    """`<run id>:<status>` of every run the study has so far (what the cost page summarises)."""
+    try:
+        runs = load_runs(study)
+    except FileNotFoundError:
+        return []
+    if runs.empty:
+        return []
+    return sorted(f"{r.run_id}:{r.status}" for r in runs.itertuples() if r.stage != "cost")
+
+
+def check_notebook_parameters(stage: str, extra: dict) -> None:
+    """Pass-through keys of a stage section must be parameters the stage notebook declares."""
+    nb = source_notebook(stage)
+    if not extra or not nb.exists():
+        return
+    import papermill as pm  # lazy: `studylib grid` needs it only for sections that pass parameters through
+    declared = set(pm.inspect_notebook(str(nb)))
+    for key, value in extra.items():
+        if key not in declared:
+            raise ParameterError(f"{stage}.{key}", value, f"a parameter of notebooks/{stage}.ipynb ({', '.join(sorted(declared))})")
