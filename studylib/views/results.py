@@ -65,20 +65,6 @@ def dataset_table(runs: pd.DataFrame, dataset: str) -> pd.DataFrame:
     return table.sort_values("_order", ascending=False).drop(columns="_order").reset_index(drop=True)
 
 
-def best_by_dataset(runs: pd.DataFrame) -> pd.DataFrame:
-    """Per dataset, the model (and setting) with the highest mean test top-1, and its mean."""
-    train = ok_train(runs)
-    rows = []
-    for dataset, d in train.groupby("dataset"):
-        keys = ["model"] + varying(d)
-        means = d.groupby(keys, dropna=False).agg(test_top1=("test_top1", "mean"), seeds=("seed", "count"),
-                                                  train_minutes=("train_minutes", "mean")).reset_index()
-        best = means.sort_values("test_top1", ascending=False).iloc[0]
-        rows.append({"dataset": dataset, "model": best.model, "test_top1": best.test_top1,
-                     "seeds": int(best.seeds), "train_minutes": best.train_minutes, "models": d.model.nunique()})
-    return pd.DataFrame(rows)
-
-
 def seed_spread(runs: pd.DataFrame) -> pd.DataFrame:
     """Models run with several seeds: the spread (max - min and std) of their test top-1."""
     train = ok_train(runs)
@@ -88,10 +74,6 @@ def seed_spread(runs: pd.DataFrame) -> pd.DataFrame:
             rows.append({"dataset": dataset, "model": model, "seeds": g.seed.nunique(),
                          "range": g.test_top1.max() - g.test_top1.min(), "std": g.test_top1.std()})
     return pd.DataFrame(rows)
-
-
-def _label(row) -> str:
-    return row["model"]
 
 
 def _axes(n: int, width: float = 5.5, height: float = 4.0):
