@@ -10,9 +10,17 @@ import pandas as pd
 import pytest
 import yaml
 
-from studylib.stages import cost
-from studylib.errors import ParameterError
-from studylib.record import CostRecord
+from studylib.errors import ParameterError, StudyError
+from studylib.record import CostRecord, DeployRecord, EpochStats
+from studylib.stages.cost.automl import NOT_RUN
+from studylib.stages.cost.machines import NO_PRICE
+from studylib.stages.cost.measures import NOT_REACHED, pareto_front, per_million, time_to_accuracy
+from studylib.stages.cost.prices import load_prices
+from studylib.stages.cost.projections import NOT_MEASURED
+from studylib.stages.cost.readers import deploy_latency_ms, deploy_throughput
+from studylib.stages.cost.record import cost_record
+from studylib.stages.cost.tables import cost_tables
+from studylib.views.cost import breakdown_figure, pareto_figure, projection_matrix, runs_view, targets_view
 
 ROOT = Path(__file__).resolve().parent.parent
 CPU = "Fake Xeon 9000"
@@ -55,7 +63,7 @@ def train_record(run_id, history, eval_seconds, top1, device="cpu", gpu=None, ca
     p = {**PARAMS, "device": device, **params}
     tts = {}
     for t in p["targets"]:
-        s, _ = cost.time_to_accuracy(history, t)
+        s, _ = time_to_accuracy([EpochStats(**h) for h in history], t)
         tts[f"{t:g}"] = s
     return {"run_id": run_id, "stage": "train", "status": "ok", "params": p, "dataset": p["dataset"],
             "model": p["model"], "device": device,
@@ -69,7 +77,7 @@ def train_record(run_id, history, eval_seconds, top1, device="cpu", gpu=None, ca
 @pytest.fixture
 def book():
     # this machine at 2.00 USD/h (the user's price); the V100 VM at study 000's 1.91 USD/h
-    return cost.load_prices(ROOT / "params" / "prices.yaml", this_machine_price=2.0)
+    return load_prices(ROOT / "params" / "prices.yaml", this_machine_price=2.0)
 
 
 @pytest.fixture
@@ -102,7 +110,7 @@ def records():
 
 
 def tables(records, book):
-    return cost.cost_tables(records, book, this_machine=[CPU_LABEL])
+    return cost_tables(records, book, this_machine=[CPU_LABEL])
 
 
 def row(frame, **where):
@@ -155,12 +163,12 @@ def test_time_and_cost_to_accuracy_dawnbench(records, book):
 
 
 def test_time_to_accuracy_is_the_train_loops_rule():
-    from studylib.record import EpochStats
     from studylib.train.loop import time_to_targets
-    hist = [epoch(1, 10.5, 1.25, 0.3), epoch(2, 9.0, 1.0, 0.61), epoch(3, 9.5, 1.5, 0.6), epoch(4, 9.0, 1.0, 0.9)]
-    secs, _ = time_to_targets([EpochStats(**h) for h in hist], [0.3, 0.6, 0.61, 0.62, 0.95])
+    hist = [EpochStats(**h) for h in
+            [epoch(1, 10.5, 1.25, 0.3), epoch(2, 9.0, 1.0, 0.61), epoch(3, 9.5, 1.5, 0.6), epoch(4, 9.0, 1.0, 0.9)]]
+    secs, _ = time_to_targets(hist, [0.3, 0.6, 0.61, 0.62, 0.95])
     for t, s in secs.items():
-        assert cost.time_to_accuracy(hist, float(t))[0] == s
+        assert time_to_accuracy(hist, float(t))[0] == s
 
 
 def test_serving_cost_per_million_predictions(records, book):
@@ -182,22 +190,22 @@ def test_projection_only_through_a_measured_ratio(records, book):
     # no twin of c anywhere else, and nobody ran on a T4 or a c5.9xlarge: never a guess
     for rid, m in [("train-c", "gcp-v100-vm"), ("train-a", "aws-ml.g4dn.xlarge"), ("train-a", "aws-ml.c5.9xlarge")]:
         r = row(p, run_id=rid, machine=m)
-        assert r.status == cost.NOT_MEASURED and pd.isna(r.train_cost)
+        assert r.status == NOT_MEASURED and pd.isna(r.train_cost)
     assert set(p.machine) == {"this machine", "gcp-v100-vm", "aws-ml.c5.9xlarge", "aws-ml.g4dn.xlarge"}  # no AutoML
-    matrix = cost.projection_matrix(p)
-    assert matrix.loc[("clothing10", "shufflenet_v2_x0_5", 0, "train-c"), "gcp-v100-vm"] == cost.NOT_MEASURED
+    matrix = projection_matrix(p)
+    assert matrix.loc[("clothing10", "shufflenet_v2_x0_5", 0, "train-c"), "gcp-v100-vm"] == NOT_MEASURED
 
 
 def test_hardware_without_a_price_stays_unpriced(records, book):
-    t = cost.cost_tables(records[:1], book, this_machine=["some other host (4 CPUs)"])
+    t = cost_tables(records[:1], book, this_machine=["some other host (4 CPUs)"])
     a = t.runs.iloc[0]
-    assert a.machine == cost.NO_PRICE and pd.isna(a.training_cost) and pd.isna(a.total_cost)
-    assert t.machines.iloc[0]["priced as"] == cost.NO_PRICE
+    assert a.machine == NO_PRICE and pd.isna(a.training_cost) and pd.isna(a.total_cost)
+    assert t.machines.iloc[0]["priced as"] == NO_PRICE
     # the user maps it by hand
-    t = cost.cost_tables(records[:1], book, this_machine=[], hardware_prices={CPU_LABEL: "aws-ml.c5.9xlarge"})
+    t = cost_tables(records[:1], book, this_machine=[], hardware_prices={CPU_LABEL: "aws-ml.c5.9xlarge"})
     assert t.runs.iloc[0].training_cost == pytest.approx(0.5 * 2.448)
     with pytest.raises(ParameterError, match="hardware_prices"):
-        cost.cost_tables(records[:1], book, this_machine=[], hardware_prices={CPU_LABEL: "gcp-automl-vision-cloud"})
+        cost_tables(records[:1], book, this_machine=[], hardware_prices={CPU_LABEL: "gcp-automl-vision-cloud"})
 
 
 def test_missing_stages_cost_nothing_and_say_so(records, book):
@@ -216,9 +224,9 @@ def test_automl_rows_as_published_next_to_ours(records, book):
     # our resnet50 on food101 first reaches val top-1 0.77 at epoch 2: 7200 s = 2 h at 2.00 USD/h = 4.00 USD
     assert food_cloud["our cost to match (val)"] == pytest.approx(4.00) and food_cloud["our best test top-1"] == 0.79
     # Food-edge's 0.819 is beyond every epoch of ours
-    assert row(au, variant="Food-edge")["our cost to match (val)"] == cost.NOT_REACHED
+    assert row(au, variant="Food-edge")["our cost to match (val)"] == NOT_REACHED
     # no sports-100 runs here
-    assert row(au, variant="Sports-Cloud")["our best test top-1"] == cost.NOT_RUN
+    assert row(au, variant="Sports-Cloud")["our best test top-1"] == NOT_RUN
     # the published edge totals are not exactly node-hours x price (18 x 3.84 = 69.12, published 69.13)
     edge = row(au, variant="Sports-edge")
     assert edge["node-hours x price"] == pytest.approx(69.12) and edge["total (published)"] == 69.13
@@ -228,14 +236,14 @@ def test_pareto_front():
     import pandas as pd
     pts = pd.DataFrame({"c": [1.0, 2.0, 3.0, 2.0, 0.5], "a": [0.5, 0.7, 0.6, 0.7, 0.4]})
     # (3, 0.6) is beaten by (2, 0.7); the two (2, 0.7) tie and both stay
-    assert cost.pareto_front(pts, "c", "a").tolist() == [True, True, False, True, True]
+    assert pareto_front(pts, "c", "a").tolist() == [True, True, False, True, True]
 
 
 def test_figures_render(records, book):
     t = tables(records, book)
-    fig = cost.pareto_figure(t.runs, t.serving)
+    fig = pareto_figure(t.runs, t.serving)
     assert len(fig.axes) == 4  # two datasets x (cost, latency)
-    fig2 = cost.breakdown_figure(t.breakdown)
+    fig2 = breakdown_figure(t.breakdown)
     assert fig2.axes[0].get_legend() is not None
     bd = t.breakdown.set_index(["dataset", "model"])
     assert bd.loc[("clothing10", "shufflenet_v2_x0_5"), "tuning"] == pytest.approx(1.5)
@@ -244,7 +252,7 @@ def test_figures_render(records, book):
 
 def test_cost_record_validates(records, book):
     t = tables(records, book)
-    rec = cost.cost_record("cost-x", {"study": "s"}, "s", book, t, [CPU_LABEL])
+    rec = cost_record("cost-x", {"study": "s"}, "s", book, t, [CPU_LABEL])
     CostRecord.model_validate(rec)
     json.dumps(rec, allow_nan=False)
     assert len(rec["runs"]) == 4 and rec["prices"]["this machine"]["price"] == 2.0
@@ -253,7 +261,7 @@ def test_cost_record_validates(records, book):
 # --------------------------------------------------------------------------- prices.yaml
 
 def test_prices_yaml_holds_the_reference_studies_prices():
-    book = cost.load_prices()
+    book = load_prices()
     p = book.prices
     assert p["gcp-v100-vm"].price == 1.91 and p["gcp-v100-vm"].unit == "hour"
     assert p["gcp-automl-vision-cloud"].price == 3.465 and p["gcp-automl-vision-edge"].price == 18.00
@@ -292,16 +300,16 @@ def bad_yaml(tmp_path, mutate):
 ])
 def test_bad_price_entry_is_one_clear_sentence(tmp_path, mutate, message):
     with pytest.raises(ParameterError) as info:
-        cost.load_prices(bad_yaml(tmp_path, mutate))
+        load_prices(bad_yaml(tmp_path, mutate))
     assert message in str(info.value)
     assert str(info.value).count(".") >= 1 and "\n" not in str(info.value)
 
 
 def test_this_machine_price_is_the_users():
-    book = cost.load_prices(this_machine_price=0.42)
+    book = load_prices(this_machine_price=0.42)
     assert book.prices["this machine"].price == 0.42 and "user" in book.prices["this machine"].source
     with pytest.raises(ParameterError, match=r"parameter 'this_machine_price' is -3, but it must be a finite number, zero or more\."):
-        cost.load_prices(this_machine_price=-3)
+        load_prices(this_machine_price=-3)
 
 
 # --------------------------------------------------------------------------- the notebook, in a book
@@ -332,7 +340,7 @@ def test_cost_notebook_renders_in_the_book(study_env, tmp_path, records):
     assert {r["run_id"] for r in rec.runs} == {"train-a", "train-b", "train-c", "train-d"}
     assert next(r for r in rec.runs if r["run_id"] == "train-a")["total_cost"] == pytest.approx(1.06)
     text = out.read_text()
-    assert cost.NOT_MEASURED in text and cost.NOT_RUN in text
+    assert NOT_MEASURED in text and NOT_RUN in text
 
     # a two-page book: the executed cost page, and a page that pastes its figure and table from it
     (book / "_config.yml").write_text("title: t\nexecute:\n  execute_notebooks: 'off'\nsphinx:\n  config:\n"
@@ -368,21 +376,26 @@ def test_cost_notebook_stops_on_a_bad_parameter(study_env, tmp_path, records):
     assert "parameter 'this_machine_price' is -1.0, but it must be a finite number, zero or more." in str(info.value)
 
 
-def test_deploy_fields_read_from_the_load_levels_when_no_summary():
-    d = {"load": [{"concurrency": 1, "throughput": 200.0, "p50_ms": 4.5},
-                  {"concurrency": 16, "throughput": 310.0, "p50_ms": 40.0}]}
-    assert cost.deploy_throughput(d) == 310.0 and cost.deploy_latency_ms(d) == 4.5
-    assert cost.per_million(0.0, 310.0) == 0.0 and cost.per_million(1.0, None) is None
+def test_deploy_fields_are_the_records_summary_of_its_load_levels():
+    load = [{"concurrency": 1, "throughput": 200.0, "p50_ms": 4.5, **LEVEL_FIELDS},
+            {"concurrency": 16, "throughput": 310.0, "p50_ms": 40.0, **LEVEL_FIELDS}]
+    # as the deploy stage writes them: the best level's throughput, and the p50 at concurrency 1
+    d = DeployRecord(run_id="deploy-x", params={}, train_run_id="train-x", dataset="clothing10", model="m",
+                     backend="onnx", precision="fp32", device="cpu", hardware={}, load=load, served_top1=0.7,
+                     throughput=max(lv["throughput"] for lv in load),
+                     latency_p50_ms=next(lv["p50_ms"] for lv in load if lv["concurrency"] == 1), **DEPLOY_FIELDS)
+    assert deploy_throughput(d) == 310.0 and deploy_latency_ms(d) == 4.5
+    assert per_million(0.0, 310.0) == 0.0 and per_million(1.0, None) is None
 
 
 def test_a_study_with_no_successful_run_still_renders(book):
     failed = [{"run_id": "train-x", "stage": "train", "status": "failed", "params": PARAMS, "error": "boom"}]
-    t = cost.cost_tables(failed, book, this_machine=[CPU_LABEL])
+    t = cost_tables(failed, book, this_machine=[CPU_LABEL])
     assert t.runs.empty and t.targets.empty and t.projections.empty
-    assert (t.automl["our best test top-1"] == cost.NOT_RUN).all()
-    cost.pareto_figure(t.runs, t.serving), cost.breakdown_figure(t.breakdown)
-    assert cost.runs_view(t.runs).empty and cost.targets_view(t.targets).empty and cost.projection_matrix(t.projections).empty
-    CostRecord.model_validate(cost.cost_record("cost-x", {}, "s", book, t, [CPU_LABEL]))
+    assert (t.automl["our best test top-1"] == NOT_RUN).all()
+    pareto_figure(t.runs, t.serving), breakdown_figure(t.breakdown)
+    assert runs_view(t.runs).empty and targets_view(t.targets).empty and projection_matrix(t.projections).empty
+    CostRecord.model_validate(cost_record("cost-x", {}, "s", book, t, [CPU_LABEL]))
 
 
 def test_a_rerun_search_is_priced_once(records, book):
@@ -395,3 +408,14 @@ def test_a_rerun_search_is_priced_once(records, book):
     c = row(t.runs, run_id="train-c")
     assert c.tuning_seconds == 7200 and c.tuning_cost == pytest.approx(4.00) and c["tuning source"] == "tune-c2"
     assert any("tune-c" in n and "not priced" in n for n in t.notes)
+
+
+def test_a_record_that_does_not_validate_names_its_run_and_field(records, book):
+    broken = copy.deepcopy(records)
+    del broken[0]["test"]["top5"]
+    with pytest.raises(StudyError, match=r"record 'train-a' is not a valid TrainRecord: its field 'test.top5' failed"):
+        tables(broken, book)
+    del broken[3]["tuning_seconds"]
+    broken[0]["test"]["top5"] = 0.9
+    with pytest.raises(StudyError, match=r"record 'tune-c' is not a valid TuneRecord: its field 'tuning_seconds'"):
+        tables(broken, book)
