@@ -9,6 +9,12 @@ import os
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
+
+from studylib.params import TrainParams
+from studylib.record import run_id
+from studylib.serve.export import export_run
+from studylib.train.run import train_run
 
 CLASSES = {"red": (210, 40, 40), "green": (40, 190, 60), "blue": (40, 60, 210)}
 COUNTS = {"train": 12, "val": 3, "test": 6}
@@ -17,7 +23,6 @@ COUNTS = {"train": 12, "val": 3, "test": 6}
 def make_dataset(root: Path) -> Path:
     """root/<split>/<class>/*: noisy colour fields, 80x64 px (large enough for JPEG draft decoding at 32 px);
     a third of the test images are PNG, so both decoders are served."""
-    from PIL import Image
     if (root / "test").is_dir():
         return root
     rng = np.random.default_rng(0)
@@ -38,9 +43,6 @@ def make_dataset(root: Path) -> Path:
 @functools.lru_cache(maxsize=1)
 def trained_run() -> tuple[str, Path]:
     """(run id, run folder) of a one-epoch smallvgg1 run at 32 px on the tiny dataset."""
-    from studylib.params import TrainParams
-    from studylib.record import run_id
-    from studylib.train.run import train_run
     base = Path(os.environ["STUDYLIB_RUNS"]).parent
     root = make_dataset(base / "deploy-data")
     params = TrainParams(dataset="imagefolder", root=str(root), model="smallvgg1", epochs=1, image_size=32,
@@ -55,6 +57,5 @@ def trained_run() -> tuple[str, Path]:
 @functools.lru_cache(maxsize=1)
 def exported_run():
     """studylib.serve.export.export_run on the tiny run (torch.export, ONNX, int8), once per session."""
-    from studylib.serve.export import export_run
     rid, folder = trained_run()
     return export_run(rid, calibration_images=32)

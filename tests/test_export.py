@@ -3,12 +3,14 @@ import json
 import os
 
 import numpy as np
+import onnx
 import pytest
 import torch
 
 from deploy_helpers import exported_run, trained_run
-from studylib.serve import export
+from studylib.data.loader import TensorBatches
 from studylib.errors import ParameterError
+from studylib.serve import export
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +42,6 @@ def test_exported_files_are_complete_and_loadable(exported):
     folder = exported.files["checkpoint"].parent
     assert sorted(p.name for p in folder.iterdir()) == ["model.int8.onnx", "model.onnx", "model.pt", "model.pt2",
                                                         "record.json"]  # no temporary files left behind
-    import onnx
     model = onnx.load(str(exported.files["onnx"]))
     onnx.checker.check_model(model)
     assert [i.name for i in model.graph.input] == [export.INPUT]
@@ -53,7 +54,6 @@ def test_exported_files_are_complete_and_loadable(exported):
 
 
 def test_normalise_is_the_evaluation_path(exported):
-    from studylib.data.loader import TensorBatches
     rid, folder = trained_run()
     record = json.loads((folder / "record.json").read_text())
     images = torch.randint(0, 256, (7, 3, 32, 32), dtype=torch.uint8)

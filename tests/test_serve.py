@@ -1,11 +1,13 @@
 """The HTTP server as a real uvicorn subprocess on 127.0.0.1: predictions, bad input, fuzz, the HTML page,
 the load test, and deploy.ipynb end to end."""
+import http.client
 import io
 import json
 import random
 import struct
 import subprocess
 import sys
+import urllib.request
 import zlib
 from pathlib import Path
 
@@ -14,9 +16,14 @@ import pytest
 from PIL import Image
 
 from deploy_helpers import exported_run, trained_run
+from studylib.errors import ParameterError
+from studylib.record import DeployRecord
 from studylib.serve import loadtest
+from studylib.serve.export import run_data
 from studylib.serve.loadtest import Client, ImageFile, multipart
-from studylib.serve.app import Predictor, ServerProcess
+from studylib.serve.predictor import Predictor
+from studylib.serve.server import ServerProcess
+from studylib.stages.deploy import DeployParams
 
 pytestmark = pytest.mark.slow
 LIMITS = {"max_file_bytes": 200_000, "max_pixels": 1_000_000, "max_files": 4, "max_request_bytes": 1_000_000}
@@ -106,7 +113,6 @@ def test_predict_reply_and_batch(client, images, run):
 
 def test_preprocessing_is_the_evaluations(run, images):
     """In-process, both backends: served bytes decode to exactly the cached test tensors."""
-    from studylib.serve.export import run_data
     cached = run_data(run[2]).splits["test"].images
     for backend in ("onnx", "torch"):
         p = Predictor(run[0], backend=backend, threads=1)
@@ -161,7 +167,6 @@ def test_bad_input_gets_a_4xx_with_a_json_error(case, client, images, server):
 
 def test_chunked_body_over_the_limit_is_counted_and_refused(server):
     """No Content-Length to check up front: the server counts the bytes as they arrive."""
-    import http.client
     body, ctype = multipart("file", [ImageFile("x.jpg", b"\xff" * 1_500_000, "image/jpeg")])
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
     conn.request("POST", "/predict", body=iter([body[i:i + 65536] for i in range(0, len(body), 65536)]),
@@ -289,12 +294,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_deploy_notebook_end_to_end(run, tmp_path):
-    import urllib.request
-
     import papermill as pm
     import scrapbook as sb
-
-    from studylib.record import DeployRecord
     out = tmp_path / "deploy.ipynb"
     pm.execute_notebook(str(ROOT / "notebooks" / "deploy.ipynb"), str(out), cwd=str(tmp_path), progress_bar=False,
                         kernel_name="python3", parameters=dict(run=run[0], concurrency=[1, 3], max_requests=30,
@@ -316,8 +317,6 @@ def test_deploy_notebook_end_to_end(run, tmp_path):
 
 def test_deploy_parameters_are_checked_before_any_work(run):
     """What the notebook's validation cell runs: one sentence per bad parameter."""
-    from studylib.stages.deploy import DeployParams
-    from studylib.errors import ParameterError
     assert DeployParams.from_namespace({"run": run[0], "In": [], "x": 1}).concurrency == [1, 4, 16]
     bad = {"run": ("no-such-run", "parameter 'run' is 'no-such-run'"),
            "backend": ("tensorrt", "parameter 'backend' is 'tensorrt'"),
