@@ -19,6 +19,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from studylib.data.integrity import check_integrity
+from studylib.stages import data_prep as dataprep
+
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -56,13 +59,12 @@ def main() -> int:
                 os.environ["STUDYLIB_CACHE"] = f"{tmp}/cache"
                 os.environ["STUDYLIB_REMOTE"] = f"{tmp}/remote"
                 os.environ["STUDYLIB_SPLITS"] = f"{tmp}/splits"
-                from studylib.stages import data_prep as dataprep
                 t = time.perf_counter()
                 p = dataprep.DataPrepParams.from_mapping({"dataset": dataset, "root": f"s3://bench/{src.name}",
                                                           "storage_mode": mode, "image_sizes": [args.image_size],
                                                           "workers": args.workers})
                 ds, t_open = dataprep.open_dataset(p)
-                integrity = dataprep.check_integrity(ds, p.workers)
+                integrity = check_integrity(ds, p.workers)
                 t_cache = time.perf_counter()
                 rows, _ = dataprep.build_cache(ds, p.image_sizes)
                 t_cache = time.perf_counter() - t_cache

@@ -8,12 +8,11 @@ fields out of a notebook's globals (the papermill parameters cell).
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, ClassVar, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator, model_validator
 
-from studylib.data.registry import DATASETS, default_root
+from studylib.data.registry import check_root, dataset_spec
 from studylib.errors import ParameterError
 from studylib.models import fixed_image_size, min_image_size, model_family
 
@@ -104,8 +103,7 @@ class TrainParams(StageParams):
     @field_validator("dataset")
     @classmethod
     def _dataset(cls, v):
-        if v not in DATASETS:
-            raise ParameterError("dataset", v, f"one of {', '.join(DATASETS)}")
+        dataset_spec(v)  # an unknown name is the registry's ParameterError
         return v
 
     @field_validator("model")
@@ -122,13 +120,7 @@ class TrainParams(StageParams):
         fixed = fixed_image_size(self.model)
         if fixed and self.pretrained and self.image_size != fixed:
             raise ParameterError("image_size", self.image_size, f"{fixed} for pretrained '{self.model}', which is built for that size")
-        if self.dataset == "imagefolder" and not self.root:
-            raise ParameterError("root", self.root, "a folder of root/<split>/<class>/<image> for dataset 'imagefolder'")
-        if self.dataset in ("clothing10", "imagefolder", "stanford_dogs") or self.root:
-            root = self.root or default_root(self.dataset)
-            if "://" not in root and not Path(root).is_dir():
-                if self.dataset in ("clothing10", "imagefolder"):
-                    raise ParameterError("root", root, f"an existing folder holding dataset '{self.dataset}'")
+        check_root(self.dataset, self.root)  # a root where one is needed, an existing folder where one must be
         return self
 
     def run_params(self) -> dict:

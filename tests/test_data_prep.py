@@ -8,13 +8,15 @@ import pytest
 import scrapbook as sb
 from PIL import Image
 
-from studylib.stages import data_prep as dataprep
+from studylib.data.integrity import check_integrity
 from studylib.data.registry import load_dataset
 from studylib.errors import ParameterError
 from studylib.params import TrainParams
 from studylib.record import DataPrepRecord
+from studylib.stages import data_prep as dataprep
 from studylib.train.run import train_run
 from studylib.util import now
+from studylib.views.data_prep import crop_pairs
 
 ROOT = Path(__file__).resolve().parent.parent
 CLASSES = {"red": (200, 40, 40), "green": (40, 180, 40), "blue": (40, 40, 200)}
@@ -45,7 +47,7 @@ def prepare(params: dict):
     """The notebook's steps, in process (the clothing10 test runs the notebook itself)."""
     p = dataprep.DataPrepParams.from_mapping(params)
     ds, t_open = dataprep.open_dataset(p)
-    integrity = dataprep.check_integrity(ds, p.workers)
+    integrity = check_integrity(ds, p.workers)
     ds, splits = dataprep.ensure_split_manifest(ds, p)
     rows, stats = dataprep.build_cache(ds, p.image_sizes)
     card = dataprep.dataset_card(p, ds, integrity, splits, rows, stats, {"open": t_open})
@@ -135,8 +137,8 @@ def test_stanford_dogs_card_shows_crops_next_to_originals(study_env, tmp_path):
     p = dataprep.DataPrepParams.from_mapping({"dataset": "stanford_dogs", "root": str(tmp_path / "dogs"),
                                               "val_fraction": 0.25, "image_sizes": [16]})
     ds, _ = dataprep.open_dataset(p)
-    assert dataprep.check_integrity(ds).problems == []
-    fig = dataprep.crop_pairs(ds, n=3)
+    assert check_integrity(ds).problems == []
+    fig = crop_pairs(ds, n=3)
     originals, crops = fig.axes[0::2], fig.axes[1::2]
     assert len(originals) == len(crops) == 3
     for o, c in zip(originals, crops):
@@ -148,7 +150,7 @@ def test_stanford_dogs_card_shows_crops_next_to_originals(study_env, tmp_path):
     ann = tmp_path / "dogs" / "Annotation" / "n02085620-Chihuahua" / "n02085620_0"
     ann.write_text(ann.read_text().replace("<xmax>40</xmax>", "<xmax>90</xmax>"))
     ds, _ = dataprep.open_dataset(p)
-    assert [(x["kind"], x["path"]) for x in dataprep.check_integrity(ds).problems] == [
+    assert [(x["kind"], x["path"]) for x in check_integrity(ds).problems] == [
         ("crop box outside image", "Images/n02085620-Chihuahua/n02085620_0.jpg")]
 
 

@@ -63,10 +63,6 @@ class TensorBatches:
         n = len(self.labels)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
-    @property
-    def num_images(self) -> int:
-        return len(self) * self.batch_size if self.drop_last else len(self.labels)
-
     def batch_sizes(self) -> list[int]:
         """The size of each batch of one pass, in order (the last one may be smaller)."""
         n, b = len(self.labels), self.batch_size

@@ -86,7 +86,7 @@ def _options(protocol: str, options: dict) -> dict:
 
 def filesystem(uri: str, storage_options: dict | None = None):
     """(fsspec filesystem, path within it) for a URI, with a clear error when its library is missing."""
-    import fsspec
+    import fsspec  # lazy: only a root in object storage needs the storage library
     protocol = urlsplit(uri).scheme
     try:
         return fsspec.core.url_to_fs(uri, **_options(protocol, check_storage_options(storage_options)))
