@@ -1,1 +1,1 @@
-"""Serving a trained run: export to ONNX and torch.export, the HTTP app, the load-test client."""
+"""Serving a trained run: its exports (export), the model behind the server (predictor), the HTTP app (app), `studylib serve` (server), the load-test client (loadtest)."""
