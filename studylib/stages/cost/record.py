@@ -18,6 +18,7 @@ def json_rows(frame: pd.DataFrame) -> list[dict]:
 
 
 def cost_record(run_id: str, params: dict, study: str, book: PriceBook, tables: CostTables, this_machine: list[str]) -> dict:
+    """The record cost.ipynb glues: the prices used and every table as JSON rows, validated as a CostRecord."""
     return CostRecord(
         run_id=run_id, params=params, study=study,
         prices={k: p.model_dump(mode="json") for k, p in book.prices.items()},

@@ -33,6 +33,7 @@ TARGET_COLUMNS = ["run_id", "dataset", "model", "seed", "target", "epoch", "seco
 
 @dataclass
 class CostTables:
+    """The notebook's tables (one DataFrame each) and the notes on what they leave out or assume."""
     machines: pd.DataFrame
     runs: pd.DataFrame
     targets: pd.DataFrame
