@@ -9,7 +9,7 @@ import scrapbook as sb
 from PIL import Image
 
 from studylib.data.integrity import check_integrity
-from studylib.data.registry import load_dataset
+from studylib.data.registry import DATASETS, dataset_spec, load_dataset
 from studylib.errors import ParameterError
 from studylib.params import TrainParams
 from studylib.record import DataPrepRecord
@@ -178,3 +178,9 @@ def test_parameters_are_checked_before_any_work(study_env, tmp_path):
     assert "hunter2" not in str(info.value) and "AKIAXX" not in str(info.value)
     with pytest.raises(ParameterError, match="storage_mode"):
         check({"dataset": "food101", "root": "s3://bucket/food", "storage_mode": "lazy"})
+
+
+@pytest.mark.parametrize("name", [n for n in DATASETS if not dataset_spec(n).lazy_readable])
+def test_only_lazily_readable_datasets_are_fetched_lazily(name):
+    with pytest.raises(ParameterError, match="parameter 'storage_mode' is 'lazy', but it must be 'prefetch'"):
+        dataprep.DataPrepParams.from_mapping({"dataset": name, "root": f"s3://bucket/{name}", "storage_mode": "lazy"})

@@ -8,8 +8,9 @@ import torch
 from PIL import Image
 
 from studylib.data.cache import load_split
-from studylib.data.registry import load_dataset
+from studylib.data.registry import DATASETS, check_root, check_storage_mode, dataset_spec, load_dataset, resolve_root
 from studylib.errors import DatasetUnavailable, ParameterError
+from studylib.paths import data_dir
 
 from conftest import make_jpeg
 
@@ -22,6 +23,31 @@ def test_clothing10_has_the_sources_splits():
     assert train[ds.classes.index("t-shirt")] == 795 and train[ds.classes.index("skirt")] == 112
     for f in ("LICENSE", "SOURCE.txt", "SHA256SUMS"):
         assert (Path(ds.root) / f).exists()
+
+
+@pytest.mark.parametrize("name", DATASETS)
+def test_every_dataset_is_answered_by_its_spec(name, tmp_path):
+    """What the study asks about a dataset comes from its one registered spec."""
+    spec = dataset_spec(name)
+    assert spec.name == name and callable(spec.loader)
+    if spec.needs_root:
+        for ask in (lambda: resolve_root(name), lambda: load_dataset(name)):
+            with pytest.raises(ParameterError, match=f"parameter 'root' is '', but it must be a folder of .* '{name}'"):
+                ask()
+        assert spec.cache_key(str(tmp_path / "dogs")) == f"{name}-dogs"
+    else:
+        assert resolve_root(name) == str(data_dir() / name) and spec.cache_key(resolve_root(name)) == name
+    nowhere = str(tmp_path / "nowhere")
+    if spec.downloads:
+        assert check_root(name, nowhere) == nowhere
+    else:
+        with pytest.raises(ParameterError, match=f"an existing folder holding dataset '{name}'"):
+            check_root(name, nowhere)
+    if spec.lazy_readable:
+        check_storage_mode(name, "lazy")
+    else:  # refused before any listing or download
+        with pytest.raises(ParameterError, match="parameter 'storage_mode' is 'lazy'"):
+            load_dataset(name, "s3://bucket/x", storage_mode="lazy")
 
 
 def test_imagefolder_without_splits_is_split_by_seed(tmp_path):
