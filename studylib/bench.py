@@ -2,21 +2,24 @@
 
 For each model, image size and batch size, in one process, with the same model and optimizer:
 
-(a) a bare training step on in-memory random tensors (forward, loss, zero_grad, backward,
-    optimizer step): the ceiling for this model on this machine;
+(a) a bare training step on in-memory random tensors: the study's own `train_step` (forward, loss,
+    zero_grad, backward, optimizer step) without the schedule step; the ceiling for this model on
+    this machine;
 (b) the study's own loop, `studylib.train.loop.train_epoch`, over the real training split through
     the real data path (tensor cache, `TensorBatches`, augmentation, schedule, running metrics).
 
 Both pass over the same number of images in the same batch sizes, so their ratio is fair. They
 are interleaved so that other load on the machine hits both alike: on a CPU a bare step runs after
 each step of the loop and is taken out of the loop's clock; on CUDA whole passes alternate
-(a b, b a, ...). Each round is one pass of each; the medians over rounds are reported. Warm-up steps run first, are excluded from both, and are reported
-(`warmup_seconds`; with `--compile`, the warm-up time above the steady step time is
-`compile_seconds`). On CUDA every clock is read after a synchronise. Inference is measured too:
-batch-1 latency and batch-64 throughput, in eval mode without gradients.
+(a b, b a, ...). Each round is one pass of each; the medians over rounds are reported. Warm-up
+steps run first, are excluded from both, and are reported (`warmup_seconds`; with `--compile`,
+the warm-up time above the steady step time is `compile_seconds`). On CUDA every clock is read
+after a synchronise. Inference is measured too: batch-1 latency and batch-64 throughput, in eval
+mode without gradients.
 
 One CSV row per model is appended to results/bench/benchmark-train-<precision>-<layout>-pt<torch>-<device>.csv
-(named like timm's results files); `load_bench_table()` reads them for the book's methods chapter.
+(named like timm's results files); `studylib.views.bench.load_bench_table()` reads them for the book's
+methods chapter.
 
 `--overhead STUDY` prints studylib.study.overhead's report instead: where a collected study's
 notebook time went.
@@ -28,15 +31,23 @@ import re
 import statistics
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional
 
 import pandas as pd
+import torch
 
+from studylib import environment
 from studylib.errors import ParameterError
+from studylib.models import count_parameters, gmacs
+from studylib.params import TrainParams
+from studylib.study.expand import load_grid
 from studylib.study.overhead import print_overhead
-from studylib.util import atomic_write
+from studylib.train.loop import autocast, synchronize, train_epoch, train_step
+from studylib.train.profiling import FirstBatches
+from studylib.train.setup import load_run_data, prepare, steps_per_epoch
+from studylib.util import atomic_write, now
+from studylib.views.bench import bench_dir, layout_name, precision_name
 
 DEFAULT_MODELS = ["mobilenet_v3_small", "shufflenet_v2_x1_0"]
 
@@ -49,27 +60,11 @@ COLUMNS = [
     "param_count", "gmacs", "torch", "git_sha", "measured_at",
 ]
 
-# what the book shows (load_bench_table's default): the rest stays in the CSV
-SUMMARY = ["model", "image_size", "batch_size", "precision", "layout", "compile", "device", "torch_threads",
-           "images", "bare_samples_per_sec", "loop_samples_per_sec", "loop_ratio", "data_wait_share",
-           "infer_latency_ms", "infer_samples_per_sec", "warmup_seconds", "compile_seconds", "measured_at"]
-
 
 # ---------------------------------------------------------------- names
 
-def precision_name(amp: bool, device: str) -> str:
-    """bf16 when autocast is on (CUDA only, as in training), else fp32."""
-    return "bf16" if amp and device.startswith("cuda") else "fp32"
-
-
-def layout_name(channels_last: bool, device: str) -> str:
-    """nhwc when channels_last is on (CUDA only, as in training), else nchw."""
-    return "nhwc" if channels_last and device.startswith("cuda") else "nchw"
-
-
 def device_tag(device: str) -> str:
     """'cpu', or timm's style for a GPU: cu<CUDA version>-<GPU name>, e.g. cu132-h100-80gb-hbm3."""
-    import torch
     if not device.startswith("cuda"):
         return "cpu"
     name = torch.cuda.get_device_name(torch.device(device)).lower()
@@ -80,7 +75,6 @@ def device_tag(device: str) -> str:
 
 def torch_tag() -> str:
     """pt<major><minor><patch>, as timm names its files (2.4.0 -> pt240)."""
-    import torch
     return "pt" + "".join(torch.__version__.split("+")[0].split(".")[:3])
 
 
@@ -88,29 +82,22 @@ def csv_name(precision: str, layout: str, device: str) -> str:
     return f"benchmark-train-{precision}-{layout}-{torch_tag()}-{device_tag(device)}.csv"
 
 
-def bench_dir(results_dir: Optional[str | Path] = None) -> Path:
-    """<results>/bench: the benchmark CSVs (results_dir defaults to studylib.paths.results_dir())."""
-    from studylib.paths import results_dir as default_results
-    return Path(results_dir or default_results()) / "bench"
-
-
 # ---------------------------------------------------------------- measuring
 
 def _bare_steps(model, optimizer, loss_fn, inputs: dict, sizes: list[int], device: str, amp: bool,
                 per_step: bool = False):
-    """One bare training step per batch size in `sizes`; seconds in all (or per step)."""
-    from studylib.train.loop import autocast, synchronize
+    """One bare training step per batch size in `sizes`; seconds in all (or per step).
+
+    The step is the loop's `train_step` on random tensors already on the device, with no schedule
+    step (the optimizer and its schedule are the loop's, sized to the loop's steps), no data path
+    and no running metrics: what the loop does beyond this is what the ratio measures.
+    """
     times = []
     synchronize(device)
     start = t = time.perf_counter()
     for b in sizes:
         x, y = inputs[b]
-        with autocast(device, amp):
-            out = model(x)
-            loss = loss_fn(out, y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        train_step(model, x, y, optimizer, None, loss_fn, device, amp)
         if per_step:
             synchronize(device)
             now = time.perf_counter()
@@ -123,10 +110,6 @@ def _bare_steps(model, optimizer, loss_fn, inputs: dict, sizes: list[int], devic
 def _inference(model, image_size: int, batch_size: int, device: str, amp: bool, memory_format,
                latency_calls: int, throughput_calls: int, warmup: int) -> dict:
     """Batch-1 latency (median ms over single synchronised calls) and batch-N throughput, eval mode."""
-    import torch
-
-    from studylib.train.loop import autocast, synchronize
-
     def batch(n):
         return torch.randn(n, 3, image_size, image_size, device=device).contiguous(memory_format=memory_format)
 
@@ -171,30 +154,19 @@ def bench_one(params, rounds: int = 3, warmup: int = 5, infer: bool = True, infe
     interleave: "step" runs a bare step after each step of the loop (on a CPU shared with other
     work, both then share the same moments of load); "pass" alternates whole passes (on CUDA,
     where a synchronise per step would take the loop's CPU-GPU overlap away); "auto" picks step
-    on a CPU and pass on CUDA.
+    on a CPU and pass on CUDA. The setup is train's and tune's (`studylib.train.setup.prepare`), its
+    schedule sized to the loop's warm-up and measured passes.
     """
-    import torch
-    from torch import nn
-
-    from studylib import environment
-    from studylib.models import count_parameters, gmacs
-    from studylib.train.profiling import FirstBatches
-    from studylib.train.run import batches, build_model, load_run_data, seed_everything
-    from studylib.train.loop import build_optimizer, build_schedule, synchronize, train_epoch
-
     device = environment.resolve_device(params.device)
-    seed_everything(params.seed)
     data = load_run_data(params)
     num_classes = len(data.dataset.classes)
-    train_b = batches(data, "train", params, device, train=True)
-    model = build_model(params, num_classes, device)
-    total_params, _ = count_parameters(model)
-    macs = gmacs(model, params.image_size)
-    step_model = torch.compile(model) if params.compile else model
-    optimizer = build_optimizer(model, params.optimizer, params.lr, params.weight_decay)
-    warm_loop = min(warmup, len(train_b))
-    schedule = build_schedule(optimizer, params.schedule, params.lr, warm_loop + rounds * len(train_b))
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=params.label_smoothing)
+    per_pass = steps_per_epoch(data, params)
+    warm_loop = min(warmup, per_pass)
+    setup = prepare(params, data, device, total_steps=warm_loop + rounds * per_pass)
+    step_model, train_b, optimizer, schedule, loss_fn = (setup.step_model, setup.train, setup.optimizer,
+                                                         setup.schedule, setup.loss_fn)
+    total_params, _ = count_parameters(setup.model)
+    macs = gmacs(setup.model, params.image_size)
 
     sizes = train_b.batch_sizes()
     images = sum(sizes)
@@ -256,7 +228,7 @@ def bench_one(params, rounds: int = 3, warmup: int = 5, infer: bool = True, infe
         "compile_seconds": None,
         "infer_latency_ms": None, "infer_batch_size": None, "infer_samples_per_sec": None,
         "param_count": total_params, "gmacs": macs, "torch": torch.__version__,
-        "git_sha": environment.git_sha(), "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "git_sha": environment.git_sha(), "measured_at": now(),
     }
     excess = sum(max(0.0, t - b * bare_s / images) for t, b in zip(warm_times, warm_sizes))
     if infer:
@@ -276,59 +248,6 @@ def append_row(row: dict, out_dir: Optional[str | Path] = None) -> Path:
     new = pd.DataFrame([row], columns=COLUMNS)
     table = pd.concat([pd.read_csv(path), new], ignore_index=True) if path.is_file() else new
     return atomic_write(path, lambda tmp: table.to_csv(tmp, index=False, float_format="%.6g"))
-
-
-def load_bench_table(results_dir: Optional[str | Path] = None, full: bool = False,
-                     latest: bool = True) -> Optional[pd.DataFrame]:
-    """Every benchmark-train-*.csv under <results_dir>/bench as one table, or None when there is none.
-
-    results_dir: the study's results folder (default studylib.paths.results_dir()); a folder that
-    holds the CSVs itself works too. latest: keep the newest row per model and setting (a rerun
-    replaces the row in the book); full: every column of the CSV, else the ones the methods chapter shows.
-    """
-    folder = bench_dir(results_dir)
-    if results_dir and not folder.is_dir():
-        folder = Path(results_dir)
-    files = sorted(folder.glob("benchmark-train-*.csv"))
-    frames = [pd.read_csv(f).assign(file=f.name) for f in files]
-    frames = [f for f in frames if len(f)]
-    if not frames:
-        return None
-    table = pd.concat(frames, ignore_index=True)
-    if latest:
-        key = ["model", "dataset", "image_size", "batch_size", "precision", "layout", "compile", "device", "device_name",
-               "torch_threads"]
-        table = table.sort_values("measured_at").drop_duplicates(key, keep="last")
-    table = table.sort_values(["device", "precision", "layout", "compile", "model"]).reset_index(drop=True)
-    return table if full else table[[c for c in SUMMARY if c in table]]
-
-
-def runs_against_bench(runs: pd.DataFrame, bench: Optional[pd.DataFrame]) -> pd.DataFrame:
-    """The study's own train runs against the bench's bare step in the same setting: does the grid train
-    as fast as the loop can? One row per model and setting that both have.
-
-    runs: results.load_runs() (train rows: their images_per_second is the median epoch's);
-    bench: load_bench_table(full=True). A setting is the model, image size, batch size, precision, layout,
-    torch.compile, device, CPU/GPU name and thread count; the ratio is the runs' median over the bare step's.
-    A run that trains slower than the bench's loop did was slowed by its surroundings (other jobs on the
-    machine, the thread count its process was given, ...).
-    """
-    cols = ["model", "image_size", "batch_size", "precision", "layout", "compile", "device", "torch_threads", "runs",
-            "run_samples_per_sec", "bare_samples_per_sec", "loop_samples_per_sec", "run_ratio"]
-    need = {"stage", "status", "images_per_second", "hardware_torch_threads"}
-    if bench is None or runs.empty or not need <= set(runs):
-        return pd.DataFrame(columns=cols)
-    train = runs[(runs.stage == "train") & (runs.status == "ok")].copy()
-    train["precision"] = [precision_name(bool(a), d) for a, d in zip(train.amp, train.device)]
-    train["layout"] = [layout_name(bool(c), d) for c, d in zip(train.channels_last, train.device)]
-    train["device_name"] = train.hardware_gpu_name.fillna(train.hardware_cpu_model)
-    train["torch_threads"] = train.hardware_torch_threads
-    key = ["model", "image_size", "batch_size", "precision", "layout", "compile", "device", "device_name", "torch_threads"]
-    measured = train.groupby(key, dropna=False).images_per_second.agg(["count", "median"]).reset_index()
-    measured.columns = [*key, "runs", "run_samples_per_sec"]
-    joined = measured.merge(bench[key + ["bare_samples_per_sec", "loop_samples_per_sec"]], on=key)
-    joined["run_ratio"] = joined.run_samples_per_sec / joined.bare_samples_per_sec
-    return joined[cols].reset_index(drop=True)
 
 
 # ---------------------------------------------------------------- CLI
@@ -370,8 +289,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def configurations(args) -> list:
     """The TrainParams to measure, every one validated before any measurement starts."""
-    from studylib.params import TrainParams
-
     for name in ("rounds", "infer_batch_size", "latency_calls", "throughput_calls", "threads"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise ParameterError(f"--{name.replace('_', '-')}", getattr(args, name), "a positive integer")
@@ -381,7 +298,6 @@ def configurations(args) -> list:
                                "train_limit": args.train_limit, "device": args.device, "amp": args.amp,
                                "channels_last": args.channels_last, "compile": args.compile}.items() if v is not None}
     if args.grid:
-        from studylib.study.expand import load_grid
         _, cells = load_grid(args.grid)
         bases, seen = [], set()
         for c in cells["train"]:
@@ -414,7 +330,6 @@ def run(args) -> int:
     except ParameterError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    import torch
     threads = torch.get_num_threads()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -433,10 +348,7 @@ def run(args) -> int:
 
 def _bench_and_print(params, args) -> None:
     """Measure one configuration, append its row, print what was measured."""
-    import torch
-
-    from studylib.environment import resolve_device
-    device = resolve_device(params.device)
+    device = environment.resolve_device(params.device)
     ignored = [f for f, on in (("--amp", params.amp), ("--channels-last", params.channels_last)) if on]
     note = f" ({' and '.join(ignored)} apply on CUDA only, as in training)" if ignored and device == "cpu" else ""
     print(f"{params.model}: {params.image_size} px, batch {params.batch_size}, {params.dataset}, {device}, "

@@ -12,6 +12,7 @@ from functools import lru_cache
 
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from studylib.errors import ParameterError, PretrainedWeightsUnavailable
 
@@ -56,13 +57,13 @@ class SmallVGG(nn.Module):
 
 @lru_cache(maxsize=1)
 def torchvision_names() -> frozenset[str]:
-    import torchvision
+    import torchvision  # lazy: seconds to import; only its own models need it
     return frozenset(torchvision.models.list_models(module=torchvision.models))
 
 
 @lru_cache(maxsize=1)
 def timm_names() -> frozenset[str]:
-    import timm
+    import timm  # lazy: seconds to import; only its own models need it
     return frozenset(timm.list_models())
 
 
@@ -92,7 +93,7 @@ def fixed_image_size(name: str) -> int | None:
     """Image size a timm model is built for when it cannot take another (vision transformers)."""
     if model_family(name) != "timm":
         return None
-    import timm
+    import timm  # lazy: seconds to import; only its own models need it
     cfg = timm.get_pretrained_cfg(name.split(".")[0]) if hasattr(timm, "get_pretrained_cfg") else None
     if cfg is not None and getattr(cfg, "fixed_input_size", False):
         return cfg.input_size[-1]
@@ -127,7 +128,7 @@ def replace_head(model: nn.Module, num_classes: int, head: str = "linear") -> nn
 
 
 def _torchvision_pretrained(name: str):
-    import torchvision
+    import torchvision  # lazy: seconds to import; only its own models need it
     weights = torchvision.models.get_model_weights(name).DEFAULT
     try:
         return torchvision.models.get_model(name, weights=weights)
@@ -141,7 +142,7 @@ def _torchvision_pretrained(name: str):
 
 
 def _timm_model(name: str, num_classes: int, pretrained: bool, image_size: int | None):
-    import timm
+    import timm  # lazy: seconds to import; only its own models need it
     kwargs = {}
     if image_size and fixed_image_size(name) and fixed_image_size(name) != image_size:
         kwargs["img_size"] = image_size
@@ -150,7 +151,7 @@ def _timm_model(name: str, num_classes: int, pretrained: bool, image_size: int |
     except Exception as err:
         if not pretrained:
             raise
-        from huggingface_hub.constants import HF_HUB_CACHE
+        from huggingface_hub.constants import HF_HUB_CACHE  # lazy: only to name the cache in an error
         raise PretrainedWeightsUnavailable(
             f"pretrained weights for timm model '{name}' are not in the Hugging Face cache '{HF_HUB_CACHE}' "
             f"and could not be downloaded ({type(err).__name__}: {err}); on a connected machine run "
@@ -172,7 +173,7 @@ def create_model(name: str, num_classes: int, pretrained: bool = False, finetune
         m = VGG_PATTERN.match(name)
         model = SmallVGG(num_classes, blocks=int(m["blocks"]), batchnorm=bool(m["bn"]), dropout=bool(m["dropout"]))
     elif family == "torchvision":
-        import torchvision
+        import torchvision  # lazy: seconds to import; only its own models need it
         model = _torchvision_pretrained(name) if pretrained else torchvision.models.get_model(name, num_classes=num_classes)
     else:
         model = _timm_model(name, num_classes, pretrained, image_size)
@@ -232,7 +233,6 @@ def size_mb(model: nn.Module) -> float:
 
 def gmacs(model: nn.Module, image_size: int) -> float:
     """Multiply-accumulates per image (10^9) at `image_size`, counted by torch.utils.flop_counter."""
-    from torch.utils.flop_counter import FlopCounterMode
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device

@@ -11,6 +11,8 @@ import pandas as pd
 import pytest
 
 from studylib import bench
+from studylib.study import overhead
+from studylib.views import bench as bench_views
 from studylib.cli import main
 
 TINY = ["--model", "shufflenet_v2_x0_5", "--image-size", "32", "--batch-size", "32", "--train-limit", "80",
@@ -41,11 +43,11 @@ def test_bench_writes_a_row_with_every_column(study_env, tmp_path, capsys):
     # a second run appends; the book's table keeps the newest row per setting
     assert main(["bench", *TINY, "--no-infer", "--interleave", "pass", "--out-dir", str(out)]) == 0
     assert list(pd.read_csv(files[0])["interleave"]) == ["step", "pass"]  # auto on a CPU: step
-    shown = bench.load_bench_table(tmp_path)          # the results folder, holding bench/
-    assert shown.equals(bench.load_bench_table(out))  # or the folder of CSVs itself
-    assert len(shown) == 1 and list(shown.columns) == bench.SUMMARY and pd.isna(shown.iloc[0]["infer_latency_ms"])
-    assert len(bench.load_bench_table(out, full=True, latest=False)) == 2
-    assert bench.load_bench_table(tmp_path / "nothing") is None
+    shown = bench_views.load_bench_table(tmp_path)          # the results folder, holding bench/
+    assert shown.equals(bench_views.load_bench_table(out))  # or the folder of CSVs itself
+    assert len(shown) == 1 and list(shown.columns) == bench_views.SUMMARY and pd.isna(shown.iloc[0]["infer_latency_ms"])
+    assert len(bench_views.load_bench_table(out, full=True, latest=False)) == 2
+    assert bench_views.load_bench_table(tmp_path / "nothing") is None
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -61,8 +63,8 @@ def test_bad_arguments_stop_before_any_work(study_env, tmp_path, capsys, argv, m
 
 
 def test_names_follow_timm():
-    assert bench.precision_name(True, "cpu") == "fp32" and bench.precision_name(True, "cuda") == "bf16"
-    assert bench.layout_name(True, "cpu") == "nchw" and bench.layout_name(True, "cuda:0") == "nhwc"
+    assert bench_views.precision_name(True, "cpu") == "fp32" and bench_views.precision_name(True, "cuda") == "bf16"
+    assert bench_views.layout_name(True, "cpu") == "nchw" and bench_views.layout_name(True, "cuda:0") == "nhwc"
     assert bench.torch_tag().startswith("pt") and bench.torch_tag()[2:].isdigit()
     assert bench.csv_name("fp32", "nchw", "cpu") == f"benchmark-train-fp32-nchw-{bench.torch_tag()}-cpu.csv"
 
@@ -99,7 +101,7 @@ def test_runner_overhead_splits_wall_time(tmp_path):
                                durations=[0.1, 100.0, 95.0, 1.0, 0.4], startup=2.0, wall=200.0)
     cost = _executed_notebook(tmp_path / "cost.ipynb", {"run_id": "cost-x", "stage": "cost", "status": "ok"},
                               durations=[0.2, 3.0], startup=1.5, wall=5.0)
-    frame = bench.runner_overhead([train, cost])
+    frame = overhead.runner_overhead([train, cost])
     t = frame.set_index("stage").loc["train"]
     assert t["run_id"] == "train-x" and t["wall_seconds"] == 200.0
     assert t["startup_seconds"] == pytest.approx(2.0) and t["work_seconds"] == pytest.approx(92.0)
@@ -109,7 +111,7 @@ def test_runner_overhead_splits_wall_time(tmp_path):
         == pytest.approx(200.0)
     assert t["work_share"] == pytest.approx(92.0 / 200.0)
     assert frame.set_index("stage").loc["cost", "work_seconds"] == 0.0
-    stages = bench.overhead_by_stage(frame).set_index("stage")
+    stages = overhead.overhead_by_stage(frame).set_index("stage")
     assert list(stages.index) == ["train", "cost", "all"]
     assert stages.loc["all", "work_share"] == pytest.approx(92.0 / 205.0)
     json.dumps(frame.to_dict(orient="records"))  # plain values, ready for the book
@@ -153,8 +155,8 @@ def test_runs_against_bench_matches_the_setting():
         {"model": "m", "precision": "fp32", "layout": "nchw", "device_name": "CPU Y", "torch_threads": 2,
          "bare_samples_per_sec": 500.0, "loop_samples_per_sec": 490.0, **setting},
     ])
-    out = bench.runs_against_bench(runs, table)
+    out = bench_views.runs_against_bench(runs, table)
     assert len(out) == 1   # the 1-thread run has no bench row of its setting; CPU Y is another machine
     row = out.iloc[0]
     assert row.runs == 2 and row.run_samples_per_sec == 80.0 and row.run_ratio == pytest.approx(0.8)
-    assert bench.runs_against_bench(runs, None).empty
+    assert bench_views.runs_against_bench(runs, None).empty

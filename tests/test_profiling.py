@@ -8,7 +8,7 @@ from torch import nn
 from studylib.data.loader import TensorBatches
 from studylib.models import create_model
 from studylib.train.profiling import UtilisationSampler, peak_memory, profile_steps
-from studylib.train.loop import build_optimizer
+from studylib.train.setup import build_optimizer
 
 
 @pytest.fixture

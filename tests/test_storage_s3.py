@@ -19,7 +19,7 @@ from studylib.data.registry import load_dataset
 from studylib.errors import DatasetUnavailable
 from studylib.params import TrainParams
 from studylib.record import DataPrepRecord
-from studylib.train.run import load_run_data
+from studylib.train.setup import load_run_data
 from studylib.util import redact_url
 
 from test_data_prep import CLASSES, imagefolder

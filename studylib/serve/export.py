@@ -27,7 +27,8 @@ import torch
 from studylib.errors import ParameterError
 from studylib.params import TrainParams
 from studylib.paths import runs_dir
-from studylib.train.run import load_checkpoint, load_run_data
+from studylib.train.run import load_checkpoint
+from studylib.train.setup import load_run_data
 from studylib.util import atomic_write
 
 INPUT, OUTPUT = "images", "logits"

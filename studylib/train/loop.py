@@ -1,9 +1,9 @@
 """The training loop: read it top to bottom like the methods section.
 
-For each epoch: shuffle, take batches of in-memory tensors, step the optimizer and the
-schedule, then validate. The clock is read around exactly that work (after a CUDA
-synchronise), and the time spent waiting for batches is counted separately. The test split
-is not touched here: `run.py` evaluates it once, after training.
+For each epoch: shuffle, take batches of in-memory tensors, take one `train_step` per batch (the
+study's one training step, which `studylib bench` measures too), then validate. The clock is read
+around exactly that work (after a CUDA synchronise), and the time spent waiting for batches is
+counted separately. The test split is not touched here: `run.py` evaluates it once, after training.
 """
 from __future__ import annotations
 
@@ -16,34 +16,6 @@ from torch import nn
 
 from studylib.data.loader import TensorBatches
 from studylib.record import EpochStats
-
-
-def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    """Adam, AdamW or SGD (Nesterov momentum 0.9) over the trainable parameters.
-
-    The fused implementation (one kernel for all parameters) when every parameter is a float
-    tensor on the CPU or a CUDA device: for models of many small tensors it is several times
-    faster than the per-parameter loop (`studylib bench` measures the step it is part of).
-    """
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    fused = {"fused": True} if trainable and all(
-        p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in trainable) else {}
-    if name == "adam":
-        return torch.optim.Adam(trainable, lr=lr, weight_decay=weight_decay, **fused)
-    if name == "adamw":
-        return torch.optim.AdamW(trainable, lr=lr, weight_decay=weight_decay, **fused)
-    return torch.optim.SGD(trainable, lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay, **fused)
-
-
-def build_schedule(optimizer, name: str, lr: float, total_steps: int):
-    if name == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total_steps))
-    if name == "onecycle":
-        total = max(1, total_steps)
-        # OneCycleLR divides by zero when pct_start * total_steps == 1 (4 steps at 0.25): warm up a bit longer then.
-        pct = 0.25 if 0.25 * total != 1 else 0.3
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=total, pct_start=pct)
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
 
 
 def synchronize(device: str) -> None:
@@ -74,9 +46,30 @@ def evaluate(model: nn.Module, batches: TensorBatches, device: str, amp: bool = 
     return logits.cpu(), labels.cpu(), loss
 
 
+def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, optimizer: torch.optim.Optimizer, schedule,
+               loss_fn, device: str, amp: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """One training step: forward and loss under autocast, zero_grad, backward, optimizer step, schedule step.
+
+    Returns (outputs, loss). With schedule=None the learning rate stays where it is (the bench's
+    bare step, whose optimizer belongs to the loop it is measured against).
+    """
+    with autocast(device, amp):
+        out = model(x)
+        loss = loss_fn(out, y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    if schedule is not None:
+        schedule.step()
+    return out, loss
+
+
 def train_epoch(model, batches: TensorBatches, optimizer, schedule, loss_fn, device: str, amp: bool,
                 step_hook: Optional[Callable[[int], None]] = None) -> dict:
-    """One pass over the training batches. Returns loss, top-1, seconds, data-wait and first-step seconds."""
+    """One pass over the training batches, one `train_step` each (schedule=None: a fixed learning rate).
+
+    Returns loss, top-1, seconds, data-wait and first-step seconds.
+    """
     model.train()
     total_loss = torch.zeros((), device=device)
     correct = torch.zeros((), device=device, dtype=torch.long)
@@ -94,13 +87,7 @@ def train_epoch(model, batches: TensorBatches, optimizer, schedule, loss_fn, dev
         except StopIteration:
             break
         data_wait += time.perf_counter() - t_wait
-        with autocast(device, amp):
-            out = model(x)
-            loss = loss_fn(out, y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
+        out, loss = train_step(model, x, y, optimizer, schedule, loss_fn, device, amp)
         total_loss += loss.detach() * len(y)
         correct += (out.argmax(1) == y).sum()
         seen += len(y)
@@ -121,11 +108,10 @@ def fit(model: nn.Module, train: TensorBatches, val: TensorBatches, *, epochs: i
         on_epoch: Optional[Callable[[EpochStats], None]] = None, progress: bool = True) -> dict:
     """Train for `epochs`, validating after each. `on_epoch` may raise to stop (Optuna's pruner does).
 
-    Returns {"history": [EpochStats], "first_step_seconds": float, "best_state": state dict or None}.
-    With early_stopping=N, training stops after N epochs without a better val top-1 and the best
-    weights are restored.
+    Returns {"history": [EpochStats], "first_step_seconds": float}. With early_stopping=N, training
+    stops after N epochs without a better val top-1 and the best weights are restored.
     """
-    from tqdm.auto import tqdm
+    from tqdm.auto import tqdm  # lazy: only the progress bar needs it
     history: list[EpochStats] = []
     best, best_state, stale = -1.0, None, 0
     first_step_seconds = 0.0

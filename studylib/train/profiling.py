@@ -18,7 +18,13 @@ import threading
 import time
 from typing import Optional
 
+import pandas as pd
+import psutil
 import torch
+from torch.profiler import ProfilerActivity, profile
+from torch.profiler import schedule as profiler_schedule
+
+from studylib.train.loop import synchronize, train_epoch
 
 
 # ---------------------------------------------------------------- utilisation over a run
@@ -28,7 +34,7 @@ def _nvml_handle(device: str):
     if not device.startswith("cuda") or not torch.cuda.is_available():
         return None, None
     try:
-        import pynvml
+        import pynvml  # lazy: NVML is there only on a machine with an NVIDIA driver
         pynvml.nvmlInit()
     except Exception:  # nvidia-ml-py missing, or no driver
         return None, None
@@ -65,9 +71,7 @@ class UtilisationSampler:
         self._thread: Optional[threading.Thread] = None
 
     def __enter__(self) -> "UtilisationSampler":
-        import psutil
         self._proc = psutil.Process()
-        self._psutil = psutil
         self._cpus = psutil.cpu_count() or 1
         self._proc.cpu_percent(None)     # the first call only starts psutil's interval
         self._nvml, self._gpu = _nvml_handle(self.device)
@@ -88,12 +92,12 @@ class UtilisationSampler:
                 gpu_mem = self._nvml.nvmlDeviceGetMemoryInfo(self._gpu).used / 2**20
             except Exception:
                 pass
-        self.rows.append((time.perf_counter() - self._t0, self._psutil.cpu_percent(None),
+        self.rows.append((time.perf_counter() - self._t0, psutil.cpu_percent(None),
                           self._proc.cpu_percent(None) / self._cpus, self._proc.memory_info().rss / 2**20,
                           gpu, gpu_mem))
 
     def _loop(self) -> None:
-        self._psutil.cpu_percent(None)   # psutil keeps this interval per thread: start it on this one
+        psutil.cpu_percent(None)   # psutil keeps this interval per thread: start it on this one
         while not self._stop.wait(self.interval):
             self._sample()
         last = self.rows[-1][0] if self.rows else 0.0
@@ -162,11 +166,6 @@ class FirstBatches:
             yield batch
 
 
-class _NoSchedule:
-    def step(self) -> None:  # the run's schedule has finished; the profiled steps keep the last lr
-        pass
-
-
 def profile_steps(model, train_batches, optimizer, loss_fn, device: str, amp: bool, steps: int = 5,
                   warmup: int = 2, top: int = 15) -> dict:
     """torch.profiler's summary of `steps` steps of the training loop, after `warmup` unprofiled ones.
@@ -176,10 +175,6 @@ def profile_steps(model, train_batches, optimizer, loss_fn, device: str, amp: bo
     by self time (CPU time on a CPU, device time on a GPU) as rows and as torch's text table.
     Profiling slows the steps down: timings belong to the history and to `studylib bench`.
     """
-    from torch.profiler import ProfilerActivity, profile, schedule
-
-    from studylib.train.loop import synchronize, train_epoch
-
     steps = max(1, min(steps, len(train_batches) - 1)) if len(train_batches) > 1 else 1
     warmup = max(0, min(warmup, len(train_batches) - steps))
     model_copy, optimizer_copy = copy.deepcopy((model, optimizer))  # one memo: the copy steps the copy
@@ -192,10 +187,10 @@ def profile_steps(model, train_batches, optimizer, loss_fn, device: str, amp: bo
     captured = {}
     rng = torch.random.get_rng_state()
     try:
-        with profile(activities=activities, schedule=schedule(wait=0, warmup=warmup, active=steps, repeat=1),
+        with profile(activities=activities, schedule=profiler_schedule(wait=0, warmup=warmup, active=steps, repeat=1),
                      on_trace_ready=lambda p: captured.setdefault("events", p.key_averages()),
                      record_shapes=False, profile_memory=True) as prof:
-            stats = train_epoch(model_copy, FirstBatches(train_batches, warmup + steps), optimizer_copy, _NoSchedule(),
+            stats = train_epoch(model_copy, FirstBatches(train_batches, warmup + steps), optimizer_copy, None,
                                 loss_fn, device, amp, step_hook=lambda _: prof.step())
             synchronize(device)
     finally:
@@ -224,7 +219,6 @@ def profile_steps(model, train_batches, optimizer, loss_fn, device: str, amp: bo
 
 def utilisation_table(record: dict):
     """Utilisation and peak memory of a run, one row per measure, from its record's profile."""
-    import pandas as pd
     p = record.get("profile") or {}
     rows = [
         ("CPU, whole machine (%)", p.get("cpu_percent_mean"), p.get("cpu_percent_max")),
@@ -242,7 +236,7 @@ def utilisation_table(record: dict):
 
 def utilisation_figure(record: dict):
     """CPU (and GPU) utilisation over the run: training epochs, then the test pass."""
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: only the notebook draws
     p = record.get("profile") or {}
     line = p.get("timeline") or {}
     fig, ax = plt.subplots(figsize=(10, 3))
@@ -266,7 +260,6 @@ def utilisation_figure(record: dict):
 
 def operators_frame(record: dict):
     """torch.profiler's top operators (profile=True), or None when the run was not profiled."""
-    import pandas as pd
     ops = (record.get("profile") or {}).get("operators")
     if not ops:
         return None

@@ -1,0 +1,141 @@
+"""The training setup, written once: data, model, batches, optimizer, schedule and loss for one TrainParams.
+
+`prepare(params, data, device)` is what train (`run.train_run`), tune (each Optuna trial) and
+`studylib bench` build before their first step, so all three train the same thing the same way.
+It seeds the global random number generators right before building the model: a model's initial
+weights depend on its seed alone, not on what ran before in the process (tune loads the data
+once and then builds one model per trial).
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from studylib.data.cache import TensorSplit, channel_stats, load_split
+from studylib.data.loader import IMAGENET_MEAN, IMAGENET_STD, TensorBatches
+from studylib.data.registry import Dataset, load_dataset
+from studylib.models import create_model
+from studylib.params import TrainParams
+
+
+@dataclass
+class RunData:
+    """A run's three splits as uint8 tensors, and the normalisation its batches use."""
+    dataset: Dataset
+    splits: dict[str, TensorSplit]
+    mean: list[float]
+    std: list[float]
+    normalisation: str
+
+
+@dataclass
+class Prepared:
+    """Everything a training loop needs, built by `prepare`."""
+    model: nn.Module           # the weights: what is counted, profiled and saved
+    step_model: nn.Module      # what the loop calls: the model, or torch.compile(model) with params.compile
+    train: TensorBatches
+    val: TensorBatches
+    optimizer: torch.optim.Optimizer
+    schedule: torch.optim.lr_scheduler.LRScheduler
+    loss_fn: nn.Module
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def load_run_data(params: TrainParams) -> RunData:
+    """The dataset's three splits as uint8 tensors at the run's image size (from the cache when warm)."""
+    ds = load_dataset(params.dataset, params.root, seed=params.seed, val_fraction=params.val_fraction)
+    splits = {s: load_split(ds.name if ds.name != "imagefolder" else f"imagefolder-{Path(ds.root).name}",
+                            s, ds.splits[s], params.image_size) for s in ("train", "val", "test")}
+    if params.train_limit and params.train_limit < len(splits["train"]):
+        g = torch.Generator().manual_seed(params.seed)
+        keep = torch.randperm(len(splits["train"]), generator=g)[: params.train_limit].sort().values
+        tr = splits["train"]
+        splits["train"] = TensorSplit(tr.images[keep], tr.labels[keep], [tr.names[i] for i in keep.tolist()],
+                                      tr.skipped, tr.seconds, tr.cache_hit, tr.path)
+    if params.pretrained:
+        mean, std, how = IMAGENET_MEAN, IMAGENET_STD, "ImageNet mean/std (pretrained weights)"
+    else:
+        mean, std = channel_stats(splits["train"].images)
+        how = "train split's channel mean/std"
+    return RunData(ds, splits, mean, std, how)
+
+
+def batches(data: RunData, split: str, params: TrainParams, device: str, train: bool) -> TensorBatches:
+    """A split's batches: shuffled and augmented for training; at least 256 images a batch for evaluation."""
+    s = data.splits[split]
+    return TensorBatches(s.images, s.labels, params.batch_size if train else max(256, params.batch_size),
+                         mean=data.mean, std=data.std, device=device, shuffle=train,
+                         augment=train and params.augment, seed=params.seed, drop_last=False,
+                         channels_last=params.channels_last and device.startswith("cuda"))
+
+
+def steps_per_epoch(data: RunData, params: TrainParams) -> int:
+    """Training steps in one pass over the train split (the last batch may be smaller)."""
+    return -(-len(data.splits["train"]) // params.batch_size)
+
+
+def build_model(params: TrainParams, num_classes: int, device: str) -> nn.Module:
+    model = create_model(params.model, num_classes, params.pretrained, params.finetune, params.head,
+                         image_size=params.image_size).to(device)
+    if params.channels_last and device.startswith("cuda"):
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """Adam, AdamW or SGD (Nesterov momentum 0.9) over the trainable parameters.
+
+    The fused implementation (one kernel for all parameters) when every parameter is a float
+    tensor on the CPU or a CUDA device: for models of many small tensors it is several times
+    faster than the per-parameter loop (`studylib bench` measures the step it is part of).
+    """
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    fused = {"fused": True} if trainable and all(
+        p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in trainable) else {}
+    if name == "adam":
+        return torch.optim.Adam(trainable, lr=lr, weight_decay=weight_decay, **fused)
+    if name == "adamw":
+        return torch.optim.AdamW(trainable, lr=lr, weight_decay=weight_decay, **fused)
+    return torch.optim.SGD(trainable, lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay, **fused)
+
+
+def build_schedule(optimizer, name: str, lr: float, total_steps: int):
+    """The learning-rate schedule over `total_steps` steps: cosine, one-cycle or constant."""
+    if name == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total_steps))
+    if name == "onecycle":
+        total = max(1, total_steps)
+        # OneCycleLR divides by zero when pct_start * total_steps == 1 (4 steps at 0.25): warm up a bit longer then.
+        pct = 0.25 if 0.25 * total != 1 else 0.3
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=total, pct_start=pct)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+
+
+def prepare(params: TrainParams, data: RunData, device: str, total_steps: Optional[int] = None) -> Prepared:
+    """Seed, then build the model (compiled for the step with params.compile), the train and val
+    batches, the optimizer, the schedule and the loss.
+
+    The schedule spans `total_steps` steps: by default params.epochs passes over the train split;
+    the bench passes its own count (warm-up and measured passes).
+    """
+    seed_everything(params.seed)
+    model = build_model(params, len(data.dataset.classes), device)
+    step_model = torch.compile(model) if params.compile else model
+    train = batches(data, "train", params, device, train=True)
+    val = batches(data, "val", params, device, train=False)
+    optimizer = build_optimizer(model, params.optimizer, params.lr, params.weight_decay)
+    steps = params.epochs * len(train) if total_steps is None else total_steps
+    schedule = build_schedule(optimizer, params.schedule, params.lr, steps)
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=params.label_smoothing)
+    return Prepared(model, step_model, train, val, optimizer, schedule, loss_fn)
