@@ -78,7 +78,7 @@ class Interrupted(Exception):
     """SIGTERM, raised in the runner like Ctrl-C's KeyboardInterrupt."""
 
 
-def _on_sigterm(signum, frame):
+def _on_sigterm(_signum, _frame):
     raise Interrupted()
 
 
