@@ -14,9 +14,11 @@ import scrapbook as sb
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from studylib.stages import tune as tuning
+from studylib.stages import tune_space
+from studylib.views import tune as tune_views
 from studylib.errors import ParameterError
 from studylib.record import TuneRecord
-from studylib.train.run import load_run_data
+from studylib.train.setup import load_run_data
 from studylib.util import redact_url
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,21 +36,21 @@ def tiny_params(root, tmp_path, **kw):
 # --------------------------------------------------------------------------- search space and parameters
 
 def test_search_space_from_dict_yaml_text_and_yaml_file(tmp_path):
-    default = tuning.parse_space("")
+    default = tune_space.parse_space("")
     assert set(default) == {"lr", "batch_size", "weight_decay", "optimizer", "label_smoothing", "augment"}
     assert isinstance(default["lr"], FloatDistribution) and default["lr"].log
     assert isinstance(default["weight_decay"], FloatDistribution) and default["weight_decay"].log
     assert isinstance(default["batch_size"], CategoricalDistribution)
 
     text = "lr: {low: 0.0001, high: 0.1, log: true}\nbatch_size: {low: 16, high: 128, log: true}\naugment: [true, false]\n"
-    from_text = tuning.parse_space(text)
+    from_text = tune_space.parse_space(text)
     (tmp_path / "space.yaml").write_text(text)
-    from_file = tuning.parse_space(str(tmp_path / "space.yaml"))
-    from_dict = tuning.parse_space({"lr": {"low": 1e-4, "high": 0.1, "log": True},
-                                    "batch_size": {"low": 16, "high": 128, "log": True}, "augment": [True, False]})
-    assert tuning.space_as_dict(from_text) == tuning.space_as_dict(from_file) == tuning.space_as_dict(from_dict)
+    from_file = tune_space.parse_space(str(tmp_path / "space.yaml"))
+    from_dict = tune_space.parse_space({"lr": {"low": 1e-4, "high": 0.1, "log": True},
+                                        "batch_size": {"low": 16, "high": 128, "log": True}, "augment": [True, False]})
+    assert tune_space.space_as_dict(from_text) == tune_space.space_as_dict(from_file) == tune_space.space_as_dict(from_dict)
     assert isinstance(from_text["batch_size"], IntDistribution)
-    assert list(tuning.space_frame(from_text).index) == ["lr", "batch_size", "augment"]
+    assert list(tune_views.space_frame(from_text).index) == ["lr", "batch_size", "augment"]
 
 
 @pytest.mark.parametrize("space, parameter, fragment", [
@@ -128,7 +130,7 @@ def test_pruner_stops_a_trial_after_the_epoch_it_falls_behind(study_env, tiny_im
     pruned = out.study.trials[2]
     assert out.trials_run == [2] and pruned.state.name == "PRUNED"
     assert list(pruned.intermediate_values) == [1]
-    table = tuning.time_by_state(out.study, params.epochs)
+    table = tune_views.time_by_state(out.study, params.epochs)
     assert table.loc["PRUNED", "epochs trained"] == 1 and table.loc["PRUNED", "epochs saved"] == 2
 
 
@@ -138,7 +140,7 @@ def test_a_dead_workers_trial_is_failed_and_run_again(study_env, tiny_imagefolde
     monkeypatch.setattr(tuning, "GRACE_SECONDS", 1)
     params = tiny_params(tiny_imagefolder, tmp_path, n_trials=1, epochs=1)
     study = tuning.load_study(params)
-    dead = study.ask(tuning.parse_space(SPACE))      # a worker takes a trial, beats once, and dies
+    dead = study.ask(tune_space.parse_space(SPACE))  # a worker takes a trial, beats once, and dies
     study._storage.record_heartbeat(dead._trial_id)
     time.sleep(2.5)
     out = tuning.tune(params)                        # the next worker fails it and runs its parameters again

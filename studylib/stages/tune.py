@@ -1,8 +1,9 @@
 """Hyperparameter search with Optuna: one shared, resumable study per (model, dataset, budget).
 
-Each trial is one training run through the study's own loop (`studylib.train.loop.fit`, set up
-with `studylib.train.run`'s pieces), scored on validation top-1 (never test) and reported to the
-pruner after every epoch. Epochs are the pruner's budget, not a searched value.
+Each trial is one training run through the study's own loop (`studylib.train.loop.fit`, set up by
+`studylib.train.setup.prepare` as train's runs are), scored on validation top-1 (never test) and
+reported to the pruner after every epoch. Epochs are the pruner's budget, not a searched value.
+The search space is `tune_space`'s; the tables and figures of tune.ipynb are `studylib.views.tune`'s.
 
 The study lives in an Optuna storage (a SQLite file under results/ by default, PostgreSQL or
 MySQL across hosts). Rerunning continues it: `n_trials` is the total wanted, counting
@@ -20,41 +21,24 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import ClassVar, Literal, Optional, Union
 
 import optuna
-import pandas as pd
-import torch
-import yaml
-from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
-from torch import nn
+from pydantic import ValidationError, field_validator
 
 from studylib import environment
 from studylib.errors import ParameterError, StudyError
-from studylib.params import TrainParams
-from studylib.paths import project_root, results_dir, runs_dir
+from studylib.params import NonNegativeInt, PositiveInt, StageParams, TrainParams
+from studylib.paths import results_dir, runs_dir
 from studylib.record import TrainRecord, TuneRecord, run_id
-from studylib.util import redact_url
-from studylib.train.run import batches, build_model, load_run_data, now, seed_everything, train_run
-from studylib.train.loop import build_optimizer, build_schedule, fit
+from studylib.stages.tune_space import parse_space, space_as_dict, suggest
+from studylib.train.loop import fit
+from studylib.train.run import train_run
+from studylib.train.setup import load_run_data, prepare
+from studylib.util import now, redact_url
 
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-
-# What a trial may vary: train parameters that do not change the data or the budget.
-SEARCHABLE = ("lr", "batch_size", "weight_decay", "optimizer", "label_smoothing", "augment",
-              "schedule", "head", "finetune")
-
-# The default space. A list is a categorical choice; a mapping is a range (log scale with log: true).
-DEFAULT_SPACE: dict[str, Any] = {
-    "lr": {"low": 3e-4, "high": 5e-2, "log": True},
-    "batch_size": [32, 64, 128],
-    "weight_decay": {"low": 1e-6, "high": 1e-2, "log": True},
-    "optimizer": ["adamw", "adam", "sgd"],
-    "label_smoothing": {"low": 0.0, "high": 0.2},
-    "augment": [True, False],
-}
 
 STORAGE_SCHEMES = ("sqlite", "postgresql", "mysql")
 # A worker beats every HEARTBEAT_SECONDS; a running trial silent for GRACE_SECONDS belonged to a worker
@@ -69,112 +53,22 @@ def default_storage() -> str:
     return f"sqlite:///{(results_dir() / 'optuna.sqlite3').resolve()}"
 
 
-def parse_space(spec: Union[dict, str, None]) -> dict[str, optuna.distributions.BaseDistribution]:
-    """A search space from a dict, a YAML file path, or YAML text ("" or None: DEFAULT_SPACE).
-
-    Every bound and choice is checked against TrainParams, so a bad space fails before any trial.
-    """
-    if spec is None or spec == "" or spec == {}:
-        spec = DEFAULT_SPACE
-    if isinstance(spec, str):
-        text = spec
-        if spec.strip().endswith((".yaml", ".yml")):
-            path = Path(spec).expanduser()
-            if not path.is_absolute() and not path.is_file():   # notebooks run with cwd book/: try the repo root
-                path = project_root() / path
-            if not path.is_file():
-                raise ParameterError("search_space", spec, "an existing YAML file, YAML text or a dict")
-            text = path.read_text()
-        try:
-            spec = yaml.safe_load(text)
-        except yaml.YAMLError:
-            raise ParameterError("search_space", spec, "valid YAML: a mapping of parameter to range or choices") from None
-        if isinstance(spec, dict) and isinstance(spec.get("search_space"), dict):
-            spec = spec["search_space"]
-    if not isinstance(spec, dict) or not spec:
-        raise ParameterError("search_space", spec, "a non-empty mapping of parameter to a range or a list of choices")
-    space = {}
-    for name, entry in spec.items():
-        if name == "epochs":
-            raise ParameterError("search_space", "epochs",
-                                 "free of 'epochs', which is the pruner's budget (set the parameter epochs)")
-        if name not in SEARCHABLE:
-            raise ParameterError("search_space", name, f"made of {', '.join(SEARCHABLE)}")
-        space[name] = _distribution(name, entry)
-    return space
-
-
-def _check_value(name: str, value) -> None:
-    try:
-        TrainParams.from_mapping({name: value})
-    except ParameterError as err:
-        raise ParameterError(f"search_space.{name}", value, err.allowed) from None
-
-
-def _distribution(name: str, entry):
-    if isinstance(entry, (list, tuple)):
-        if not entry:
-            raise ParameterError(f"search_space.{name}", entry, "a non-empty list of choices")
-        for v in entry:
-            _check_value(name, v)
-        return CategoricalDistribution(list(entry))
-    if isinstance(entry, dict):
-        unknown = set(entry) - {"low", "high", "log", "step"}
-        if unknown or "low" not in entry or "high" not in entry:
-            raise ParameterError(f"search_space.{name}", entry, "a list of choices or {low, high[, log][, step]}")
-        low, high, log, step = entry["low"], entry["high"], bool(entry.get("log", False)), entry.get("step")
-        kind = TrainParams.model_fields[name].annotation
-        if kind not in (int, float):
-            raise ParameterError(f"search_space.{name}", entry, "a list of choices (it is not a number)")
-        if not (isinstance(low, (int, float)) and isinstance(high, (int, float))) or isinstance(low, bool) or low >= high:
-            raise ParameterError(f"search_space.{name}", entry, "a range with numbers low < high")
-        if log and low <= 0:
-            raise ParameterError(f"search_space.{name}", entry, "a range with low > 0 on a log scale")
-        if log and step is not None:
-            raise ParameterError(f"search_space.{name}", entry, "either log or step, not both")
-        _check_value(name, low)
-        _check_value(name, high)
-        if kind is int:
-            if low != int(low) or high != int(high):
-                raise ParameterError(f"search_space.{name}", entry, "a range of integers")
-            return IntDistribution(int(low), int(high), log=log, step=int(step or 1))
-        return FloatDistribution(float(low), float(high), log=log, step=step)
-    raise ParameterError(f"search_space.{name}", entry, "a list of choices or {low, high[, log][, step]}")
-
-
-def space_frame(space: dict) -> pd.DataFrame:
-    """The search space as a table: parameter, kind, range or choices, scale."""
-    rows = []
-    for name, d in space.items():
-        if isinstance(d, CategoricalDistribution):
-            rows.append({"parameter": name, "kind": "categorical", "values": ", ".join(map(str, d.choices)), "scale": ""})
-        else:
-            rows.append({"parameter": name, "kind": "int" if isinstance(d, IntDistribution) else "float",
-                         "values": f"[{d.low:g}, {d.high:g}]", "scale": "log" if d.log else "linear"})
-    return pd.DataFrame(rows).set_index("parameter")
-
-
-def space_as_dict(space: dict) -> dict:
-    """The space as plain JSON (for the record and the study's identity)."""
-    return {k: optuna.distributions.distribution_to_json(d) for k, d in sorted(space.items())}
-
-
-class TuneParams(BaseModel):
+class TuneParams(StageParams):
     """Parameters of tune.ipynb. Train settings shared by every trial, plus the search's own."""
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    stage: ClassVar[str] = "tune"
 
     dataset: str = "clothing10"
-    root: str = ""
+    root: str = ""                       # data root; "" means data/<dataset>
     model: str = "mobilenet_v3_small"
     pretrained: bool = False
-    image_size: int = 64
-    epochs: int = 3                      # the budget of one trial (the pruner's max resource)
-    train_limit: int = 2000
+    image_size: PositiveInt = 64
+    epochs: PositiveInt = 3              # the budget of one trial (the pruner's max resource); not searched
+    train_limit: NonNegativeInt = 2000   # training images per trial; 0 means all
     seed: int = 0                        # fixes splits, init and batch order: every trial sees the same
     device: str = "auto"
     fixed: dict = {}                     # other train parameters fixed for every trial, e.g. {"schedule": "cosine"}
-    n_trials: int = 8                    # the total wanted in the study (complete + pruned), over all workers
-    search_space: Union[dict, str] = ""  # dict, YAML path or YAML text; "" means DEFAULT_SPACE
+    n_trials: PositiveInt = 8            # the total wanted in the study (complete + pruned), over all workers
+    search_space: Union[dict, str] = ""  # dict, YAML path or YAML text; "" means tune_space.DEFAULT_SPACE
     pruner: Literal["median", "hyperband", "none"] = "median"
     storage: str = ""                    # an Optuna RDB URL; "" means sqlite under results/
     study_name: str = ""                 # "" means one derived from the parameters that define the search
@@ -183,22 +77,10 @@ class TuneParams(BaseModel):
 
     @classmethod
     def from_mapping(cls, values: dict) -> "TuneParams":
-        from studylib.params import validate_mapping
-        params = validate_mapping(cls, values, "tune")
+        params = super().from_mapping(values)
         params.space()                 # a bad space fails here
         params.train_params({})        # so do bad train settings (model, dataset, image size, fixed)
         return params
-
-    @classmethod
-    def from_namespace(cls, namespace: dict) -> "TuneParams":
-        return cls.from_mapping({k: namespace[k] for k in cls.model_fields if k in namespace})
-
-    @field_validator("n_trials", "epochs")
-    @classmethod
-    def _positive(cls, v, info):
-        if v <= 0:
-            raise ParameterError(info.field_name, v, "a positive integer")
-        return v
 
     @field_validator("timeout")
     @classmethod
@@ -324,18 +206,6 @@ def counted(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=COUNTED))
 
 
-def suggest(trial: optuna.Trial, space: dict) -> dict:
-    hp = {}
-    for name, dist in space.items():
-        if isinstance(dist, CategoricalDistribution):
-            hp[name] = trial.suggest_categorical(name, dist.choices)
-        elif isinstance(dist, IntDistribution):
-            hp[name] = trial.suggest_int(name, dist.low, dist.high, step=dist.step, log=dist.log)
-        else:
-            hp[name] = trial.suggest_float(name, dist.low, dist.high, step=dist.step, log=dist.log)
-    return hp
-
-
 @dataclass
 class TuneOutcome:
     study: optuna.Study
@@ -358,7 +228,6 @@ def tune(params: TuneParams) -> TuneOutcome:
     t0 = time.perf_counter()
     data = load_run_data(base)              # once per process; every trial reuses the tensors
     data_seconds = time.perf_counter() - t0
-    num_classes = len(data.dataset.classes)
     worker = f"{socket.gethostname()}:{os.getpid()}"
     mine: list[int] = []
 
@@ -368,14 +237,7 @@ def tune(params: TuneParams) -> TuneOutcome:
         tp = params.train_params(hp)
         trial.set_user_attr("worker", worker)
         trial.set_user_attr("device", device)
-        seed_everything(tp.seed)
-        model = build_model(tp, num_classes, device)
-        step_model = torch.compile(model) if tp.compile else model
-        train_b = batches(data, "train", tp, device, train=True)
-        val_b = batches(data, "val", tp, device, train=False)
-        optimizer = build_optimizer(model, tp.optimizer, tp.lr, tp.weight_decay)
-        schedule = build_schedule(optimizer, tp.schedule, tp.lr, tp.epochs * len(train_b))
-        loss_fn = nn.CrossEntropyLoss(label_smoothing=tp.label_smoothing)
+        setup = prepare(tp, data, device)
         epoch_seconds: list[float] = []
 
         def on_epoch(row) -> None:
@@ -386,9 +248,9 @@ def tune(params: TuneParams) -> TuneOutcome:
             if row.epoch < tp.epochs and trial.should_prune():
                 raise optuna.TrialPruned(f"val top-1 {row.val_top1:.3f} after epoch {row.epoch}")
 
-        fitted = fit(step_model, train_b, val_b, epochs=tp.epochs, optimizer=optimizer, schedule=schedule,
-                     loss_fn=loss_fn, device=device, amp=tp.amp, early_stopping=tp.early_stopping,
-                     on_epoch=on_epoch, progress=False)
+        fitted = fit(setup.step_model, setup.train, setup.val, epochs=tp.epochs, optimizer=setup.optimizer,
+                     schedule=setup.schedule, loss_fn=setup.loss_fn, device=device, amp=tp.amp,
+                     early_stopping=tp.early_stopping, on_epoch=on_epoch, progress=False)
         vals = [h.val_top1 for h in fitted["history"]]
         return max(vals) if tp.early_stopping else vals[-1]
 
@@ -421,31 +283,8 @@ def trial_seconds(t: optuna.trial.FrozenTrial) -> float:
     return t.duration.total_seconds() if t.duration is not None else float("nan")
 
 
-def trials_frame(study: optuna.Study) -> pd.DataFrame:
-    """One row per trial: state, value (val top-1; for a pruned trial its last report), epochs, seconds, params."""
-    rows = []
-    for t in study.trials:
-        last = t.intermediate_values[max(t.intermediate_values)] if t.intermediate_values else None
-        rows.append({"trial": t.number, "state": t.state.name,
-                     "val_top1": t.value if t.value is not None else last,
-                     "epochs": len(t.intermediate_values), "seconds": round(trial_seconds(t), 1),
-                     **short(t.params), "worker": t.user_attrs.get("worker")})
-    return pd.DataFrame(rows).set_index("trial") if rows else pd.DataFrame()
-
-
-def best_and_worst(study: optuna.Study) -> pd.DataFrame:
-    """The best and the worst completed trial, as study 004 reported its jobs."""
-    done = [t for t in study.trials if t.state == TrialState.COMPLETE]
-    if not done:
-        return pd.DataFrame()
-    best, worst = max(done, key=lambda t: t.value), min(done, key=lambda t: t.value)
-    return pd.DataFrame([{"": name, "trial": t.number, "val_top1": t.value, **short(t.params),
-                          "seconds": round(trial_seconds(t), 1)} for name, t in (("best", best), ("worst", worst))]
-                        ).set_index("")
-
-
-def time_by_state(study: optuna.Study, epochs: int) -> pd.DataFrame:
-    """Trials, seconds and epochs trained per state; 'epochs saved' is what pruning spared."""
+def state_totals(study: optuna.Study, epochs: int) -> dict[str, dict]:
+    """Per trial state: trials, seconds, epochs trained and epochs saved (what pruning spared)."""
     rows = {}
     for t in study.trials:
         r = rows.setdefault(t.state.name, {"trials": 0, "seconds": 0.0, "epochs trained": 0, "epochs saved": 0})
@@ -454,51 +293,7 @@ def time_by_state(study: optuna.Study, epochs: int) -> pd.DataFrame:
         r["epochs trained"] += len(t.intermediate_values)
         if t.state == TrialState.PRUNED:
             r["epochs saved"] += epochs - len(t.intermediate_values)
-    frame = pd.DataFrame.from_dict(rows, orient="index")
-    if not frame.empty:
-        frame["share of seconds"] = frame["seconds"] / frame["seconds"].sum()
-    return frame
-
-
-PLOTS = ("optimization_history", "intermediate_values", "param_importances", "parallel_coordinate", "slice", "timeline")
-
-
-def plot(study: optuna.Study, kind: str):
-    """One of optuna.visualization.matplotlib's figures (static, for the book); a note when it cannot be drawn."""
-    import matplotlib.pyplot as plt
-    from optuna.visualization import matplotlib as ovm
-    if kind not in PLOTS:
-        raise ParameterError("kind", kind, f"one of {', '.join(PLOTS)}")
-    done = [t for t in study.trials if t.state == TrialState.COMPLETE]
-    if kind in ("param_importances", "parallel_coordinate", "slice") and len(done) < 2:
-        print(f"{kind.replace('_', ' ')}: needs at least two completed trials; this study has {len(done)}.")
-        return None
-    extra = {}
-    if kind == "param_importances":   # fANOVA (random forest), seeded: the same trials give the same bars
-        extra["evaluator"] = optuna.importance.FanovaImportanceEvaluator(seed=0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        try:
-            ax = getattr(ovm, f"plot_{kind}")(study, **extra)
-        except (ValueError, RuntimeError) as err:   # e.g. importances when no parameter varies
-            print(f"{kind.replace('_', ' ')}: not drawn ({err}).")
-            return None
-        fig = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
-        if kind == "slice":           # these two place their own colour bar: no tight_layout
-            fig.set_size_inches(2.6 * len(study.best_trial.params), 3.2)
-            for a in fig.axes:        # a narrow log range labels its minor ticks on top of each other
-                if a.get_xscale() == "log":
-                    a.xaxis.set_minor_formatter(plt.NullFormatter())
-        elif kind == "parallel_coordinate":
-            fig.set_size_inches(11, 4.5)
-        else:
-            fig.set_size_inches(8, 4)
-            if kind == "intermediate_values":
-                ax.set(xlabel="epoch", ylabel="val top-1")
-            elif kind == "optimization_history":
-                ax.set(ylabel="val top-1")
-            fig.tight_layout()
-    return fig
+    return rows
 
 
 # --------------------------------------------------------------------------- retrain and record
@@ -540,24 +335,10 @@ def retrain(params: TuneParams, study: optuna.Study) -> Retrained:
     return Retrained(best, tuned, tuned_reused, default, default_reused)
 
 
-def comparison(params: TuneParams, study: optuna.Study, r: Retrained) -> pd.DataFrame:
-    """Default vs tuned hyperparameters: validation (search objective) and test (touched once per run)."""
-    rows = {
-        "default": {"val_top1 (trial budget)": final_val(r.default), "test_top1": r.default["test"]["top1"],
-                    "test balanced accuracy": r.default["test"]["balanced_accuracy"], "run_id": r.default["run_id"]},
-        "tuned": {"val_top1 (trial budget)": final_val(r.tuned), "test_top1": r.tuned["test"]["top1"],
-                  "test balanced accuracy": r.tuned["test"]["balanced_accuracy"], "run_id": r.tuned["run_id"]},
-    }
-    frame = pd.DataFrame.from_dict(rows, orient="index")
-    frame.loc["gain (tuned - default)"] = [frame.iloc[1, i] - frame.iloc[0, i] for i in range(3)] + [""]
-    return frame
-
-
 def make_record(params: TuneParams, outcome: TuneOutcome, r: Retrained, started_at: str) -> dict:
     study = outcome.study
-    by_state = time_by_state(study, params.epochs)
-    seconds = {s: float(by_state.loc[s, "seconds"]) if s in by_state.index else 0.0
-               for s in ("COMPLETE", "PRUNED", "FAIL")}
+    totals = state_totals(study, params.epochs)
+    seconds = {s: totals[s]["seconds"] if s in totals else 0.0 for s in ("COMPLETE", "PRUNED", "FAIL")}
     counts = {s.name: len(study.get_trials(deepcopy=False, states=(s,))) for s in TrialState}
     trials = []
     for t in study.trials:
@@ -585,7 +366,8 @@ def make_record(params: TuneParams, outcome: TuneOutcome, r: Retrained, started_
         test_gain=r.tuned["test"]["top1"] - r.default["test"]["top1"],
         complete_seconds=seconds["COMPLETE"], pruned_seconds=seconds["PRUNED"], failed_seconds=seconds["FAIL"],
         tuning_seconds=sum(seconds.values()),
-        epochs_trained=int(by_state["epochs trained"].sum()), epochs_saved_by_pruning=int(by_state["epochs saved"].sum()),
+        epochs_trained=sum(t["epochs trained"] for t in totals.values()),
+        epochs_saved_by_pruning=sum(t["epochs saved"] for t in totals.values()),
         process_seconds=outcome.seconds, data_seconds=outcome.data_seconds,
         retrain_seconds=0.0 if r.tuned_reused else r.tuned["train_seconds"],
         default_seconds=0.0 if r.default_reused else r.default["train_seconds"],
