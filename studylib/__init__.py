@@ -12,7 +12,7 @@ a function, and there is no cycle (tests/test_layers.py checks all three, with t
     serve/                       exporting a trained run, the HTTP app, the load-test client
     train/                       the setup shared by train, tune and bench; the loop; one whole run
     params                       every stage's parameters on one base class, validated before any work
-    models  data/                the model factory; datasets (registry, sources, splits, storage, cache)
+    models  data/                the model factory; datasets (registry, sources, splits, integrity, storage, cache)
     environment  record          what a run ran on; the run record's schema
     errors  paths  util          leaves
 """

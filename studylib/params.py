@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, ClassVar, Literal
 
+import torch
 from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator, model_validator
 
 from studylib.data.registry import check_root, dataset_spec
@@ -94,7 +95,6 @@ class TrainParams(StageParams):
     def _device(cls, v):
         if v in ("auto", "cpu", "cuda") or (v.startswith("cuda:") and v[5:].isdigit()):
             if v.startswith("cuda"):
-                import torch
                 if not torch.cuda.is_available():
                     raise ParameterError("device", v, "'auto' or 'cpu' on this machine, which has no CUDA device")
             return v
