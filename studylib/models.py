@@ -102,7 +102,7 @@ def fixed_image_size(name: str) -> int | None:
 
 def _last_linear(model: nn.Module) -> tuple[nn.Module, str, nn.Linear]:
     parent, attr, last = None, None, None
-    for mod_name, module in model.named_modules():
+    for module in model.modules():
         for child_name, child in module.named_children():
             if isinstance(child, nn.Linear):
                 parent, attr, last = module, child_name, child

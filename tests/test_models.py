@@ -33,7 +33,9 @@ def test_every_family_builds_and_runs(name, classes):
 
 
 def test_vgg_variants_differ_as_named():
-    kinds = lambda m: {type(x).__name__ for x in m.modules()}
+    def kinds(m):
+        return {type(x).__name__ for x in m.modules()}
+
     assert "BatchNorm2d" not in kinds(create_model("smallvgg3", 10))
     assert "BatchNorm2d" in kinds(create_model("smallvgg3_bn", 10))
     assert "Dropout" in kinds(create_model("smallvgg3_bn_dropout", 10))

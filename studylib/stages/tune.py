@@ -277,7 +277,7 @@ def log_trial(study: optuna.Study, t: optuna.trial.FrozenTrial) -> None:
           f"{trial_seconds(t):.1f} s  {short(t.params)}", flush=True)
 
 
-# --------------------------------------------------------------------------- the report
+# --------------------------------------------------------------------------- trial times (the log, the record, views.tune)
 
 def trial_seconds(t: optuna.trial.FrozenTrial) -> float:
     return t.duration.total_seconds() if t.duration is not None else float("nan")
