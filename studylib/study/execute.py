@@ -7,7 +7,6 @@ record in its metadata. It never raises. The book's report pages run through `ru
 """
 from __future__ import annotations
 
-import logging
 import os
 import time
 from datetime import datetime
@@ -92,9 +91,6 @@ def timing(nb) -> dict:
 def execute_cell(cell: dict, out: str, cwd: str, source: str, worker=None) -> dict:
     """Run one cell (a manifest.Cell as a dict) into `out`. Never raises: returns what happened."""
     import nbformat  # lazy: only the runner's workers write notebooks
-
-    # train cells pass every TrainParams field, most of which the notebook's parameters cell leaves out
-    logging.getLogger("papermill").setLevel(logging.ERROR)
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
