@@ -182,7 +182,7 @@ class ExportResult:
 
 
 def run_data(record: dict):
-    """The run's dataset splits as cached uint8 tensors (studylib.train.run.load_run_data)."""
+    """The run's dataset splits as cached uint8 tensors (studylib.train.setup.load_run_data)."""
     return load_run_data(TrainParams.from_mapping(record["params"]))
 
 

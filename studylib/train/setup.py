@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Optional
 
 import numpy as np
@@ -55,8 +54,7 @@ def seed_everything(seed: int) -> None:
 def load_run_data(params: TrainParams) -> RunData:
     """The dataset's three splits as uint8 tensors at the run's image size (from the cache when warm)."""
     ds = load_dataset(params.dataset, params.root, seed=params.seed, val_fraction=params.val_fraction)
-    splits = {s: load_split(ds.name if ds.name != "imagefolder" else f"imagefolder-{Path(ds.root).name}",
-                            s, ds.splits[s], params.image_size) for s in ("train", "val", "test")}
+    splits = {s: load_split(ds.cache_key, s, ds.splits[s], params.image_size) for s in ("train", "val", "test")}
     if params.train_limit and params.train_limit < len(splits["train"]):
         g = torch.Generator().manual_seed(params.seed)
         keep = torch.randperm(len(splits["train"]), generator=g)[: params.train_limit].sort().values
