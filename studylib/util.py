@@ -14,6 +14,10 @@ from typing import Callable
 from urllib.parse import urlsplit
 
 
+_UMASK = os.umask(0)  # read the process's umask (the only way is to set it) ...
+os.umask(_UMASK)      # ... and put it back
+
+
 def now(timespec: str = "seconds") -> str:
     """The current UTC time as ISO 8601 (`timespec` as datetime.isoformat takes it)."""
     return datetime.now(timezone.utc).isoformat(timespec=timespec)
@@ -31,6 +35,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> Pat
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the mode a plain open() would
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
