@@ -1,6 +1,6 @@
 """Small helpers every layer uses: the clock's UTC stamp, atomic file writes, and URL redaction.
 
-A leaf module: it imports nothing from studylib, so anything may import it.
+A leaf module: it imports only studylib.errors, so anything may import it.
 """
 from __future__ import annotations
 
@@ -12,6 +12,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 from urllib.parse import urlsplit
+
+import yaml
+
+from studylib.errors import ParameterError
 
 
 _UMASK = os.umask(0)  # read the process's umask (the only way is to set it) ...
@@ -69,3 +73,15 @@ def redact_url(url: str, keep_user: bool = False) -> str:
         user = userinfo.split(":", 1)[0]
         host = f"{user}:***@{host}" if ":" in userinfo else f"{user}@{host}"
     return f"{parts.scheme}://{host}{parts.path}"
+
+
+def read_yaml_file(path: str | os.PathLike, parameter: str, expected: str):
+    """A YAML file's content, or the one-sentence ParameterError naming `parameter`: a missing file
+    (`expected` says what it should be) or YAML that does not parse."""
+    path = Path(path)
+    if not path.is_file():
+        raise ParameterError(parameter, str(path), expected)
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ParameterError(parameter, str(path), f"valid YAML ({str(err).splitlines()[0]})") from None

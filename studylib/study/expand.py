@@ -14,12 +14,12 @@ import itertools
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from studylib.errors import ParameterError
 from studylib.params import TrainParams
 from studylib.paths import project_root
+from studylib.util import read_yaml_file
 from studylib.record import field_path, params_hash, run_id
 from studylib.stages.data_prep import DataPrepParams
 from studylib.stages.tune import TuneParams
@@ -95,12 +95,7 @@ def load_grid(path: str | Path) -> tuple[Grid, dict[str, list[Cell]]]:
     depend on earlier stages' records and are expanded when their stage starts.
     """
     path = Path(path)
-    if not path.is_file():
-        raise ParameterError("grid file", str(path), "an existing YAML file such as params/quick.yaml")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ParameterError("grid file", str(path), f"valid YAML ({str(err).splitlines()[0]})") from None
+    data = read_yaml_file(path, "grid file", "an existing YAML file such as params/quick.yaml")
     if not isinstance(data, dict):
         raise ParameterError("grid file", str(path), "a YAML mapping with study, stages and train")
     try:

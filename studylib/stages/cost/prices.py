@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import Literal, Optional
 
 import pandas as pd
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from studylib.errors import ParameterError
 from studylib.paths import project_root
+from studylib.util import read_yaml_file
 
 THIS_MACHINE = "this machine"
 CURRENCIES = ("USD", "EUR", "GBP", "JPY", "CNY", "INR", "CAD", "AUD", "CHF")
@@ -142,12 +142,7 @@ def load_prices(path: str | os.PathLike = "params/prices.yaml", this_machine_pri
     p = Path(path)
     if not p.is_absolute():
         p = project_root() / p
-    if not p.is_file():
-        raise ParameterError("prices", str(path), "an existing YAML file of hourly prices")
-    try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as err:
-        raise ParameterError("prices", str(path), f"valid YAML ({str(err).splitlines()[0]})") from None
+    data = read_yaml_file(p, "prices", "an existing YAML file of hourly prices")
     book = parse_prices(data, origin=p.name)
     return set_this_machine(book, this_machine_price, this_machine_currency)
 
