@@ -1,10 +1,14 @@
 """Records are read as the models they were written as: a record that fails validation names its first bad field."""
 import json
+import os
+import subprocess
+import sys
 
 import nbformat
 import pytest
 
-from studylib.record import RECORD_TYPES, Record, TrainRecord, invalid_field
+from studylib.params import TrainParams
+from studylib.record import RECORD_TYPES, Record, TrainRecord, invalid_field, run_id
 from studylib.study.execute import check_record, execute_cell, valid_record
 
 EPOCH = {"epoch": 1, "train_loss": 1.2, "train_top1": 0.5, "val_loss": 1.1, "val_top1": 0.55, "lr": 0.01,
@@ -89,3 +93,17 @@ def test_a_cell_that_glues_a_bad_record_fails_naming_the_field(tmp_path):
     failed = out.with_name("train-x.failed.ipynb")
     assert not out.exists() and failed.exists() and not out.with_name("train-x.running.ipynb").exists()
     assert nbformat.read(failed, as_version=4).metadata["studylib"]["record"]["error"] == message
+
+
+def test_a_run_id_is_the_same_in_every_process():
+    """The same parameters name the same run in another process (another PYTHONHASHSEED, another set
+    order), so a rerun finds and skips it. Python's own hash() of a string changes per process."""
+    params = TrainParams(model="smallvgg1", epochs=2, targets=[0.5, 0.7]).run_params()
+    here = run_id("train", params)
+    code = ("import sys; from studylib.params import TrainParams; from studylib.record import run_id; "
+            "sys.stdout.write(run_id('train', TrainParams(model='smallvgg1', epochs=2, targets=[0.5, 0.7]).run_params()))")
+    for seed in ("1", "2"):
+        out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONHASHSEED": seed},
+                             capture_output=True, text=True, check=True)
+        assert out.stdout == here
+    assert run_id("train", {**params, "epochs": 3}) != here
