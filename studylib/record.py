@@ -55,6 +55,12 @@ class TestMetrics(BaseModel):
     macro_f1: float
     per_class: list[dict]
     confusion_matrix: list[list[int]]
+    # Each test image's predicted and true class, in the test split's order (the split does not depend on
+    # the seed), so two runs on the same images compare image by image (studylib.uncertainty). Empty in
+    # records written before they were kept.
+    predictions: list[int] = []
+    labels: list[int] = []
+    images_digest: str = ""      # hash of the test images' names and labels in order: equal digests, same images
 
 
 class TrainRecord(Record):

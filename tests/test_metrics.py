@@ -2,7 +2,7 @@ import numpy as np
 import torch
 from sklearn import metrics as skm
 
-from studylib.train.metrics import classification_report, topk_accuracy
+from studylib.train.metrics import classification_report, images_digest, topk_accuracy
 
 
 def test_known_example_by_hand():
@@ -51,3 +51,21 @@ def test_per_class_and_confusion_match_scikit_learn_with_absent_classes():
     assert r["confusion_matrix"] == skm.confusion_matrix(labels, pred, labels=idx).tolist()
     assert np.isclose(r["macro_f1"], skm.f1_score(labels, pred, labels=idx, average="macro", zero_division=0))
     assert np.isclose(r["balanced_accuracy"], skm.balanced_accuracy_score(labels, pred))
+
+
+def test_report_keeps_each_images_prediction_and_label_in_order():
+    logits = torch.tensor([[3., 1, 0], [0, 2, 1], [0, 1, 3], [2, 1, 0], [1, 0, 3], [0, 3, 1]])
+    labels = torch.tensor([0, 1, 2, 1, 2, 2])
+    r = classification_report(logits, labels, ["a", "b", "c"])
+    assert r["predictions"] == [0, 1, 2, 0, 2, 1]
+    assert r["labels"] == [0, 1, 2, 1, 2, 2]
+    assert np.mean(np.array(r["predictions"]) == np.array(r["labels"])) == r["top1"]
+
+
+def test_images_digest_names_the_images_their_labels_and_order():
+    names, labels = ["test/a/1.jpg", "test/b/2.jpg"], [0, 1]
+    digest = images_digest(names, labels)
+    assert digest == images_digest(list(names), list(labels))     # the same split, the same digest
+    assert digest != images_digest(names[::-1], labels[::-1])     # another order
+    assert digest != images_digest(names, [1, 0])                 # other labels
+    assert digest != images_digest(["test/a/1.jpg"], [0])         # fewer images

@@ -20,7 +20,7 @@ from studylib.params import TrainParams
 from studylib.paths import runs_dir
 from studylib.record import TrainRecord, run_id
 from studylib.train.loop import evaluate, fit, time_to_targets
-from studylib.train.metrics import classification_report
+from studylib.train.metrics import classification_report, images_digest
 from studylib.train.profiling import UtilisationSampler, peak_memory, profile_steps
 from studylib.train.setup import RunData, batches, load_run_data, prepare
 from studylib.util import atomic_write, atomic_write_json, now
@@ -80,6 +80,9 @@ def train_run(params: TrainParams, progress: bool = True, on_epoch=None) -> Trai
                                                device, params.amp)
         eval_seconds = time.perf_counter() - t1
     report = classification_report(test_logits, test_labels, data.dataset.classes)
+    # which test images, in which order: runs with the same digest are compared image by image
+    test = data.splits["test"]
+    report["images_digest"] = images_digest([data.dataset.relative(n) for n in test.names], test.labels.tolist())
     memory = peak_memory(device)
     peak_mb = memory["cuda_peak_allocated_mb"] if device.startswith("cuda") else memory["host_peak_rss_mb"]
 
