@@ -148,3 +148,30 @@ def test_redact_and_storage_options():
     for bad in ({"key": "k"}, {"secret": "s"}, {"token": "t"}, {"client_kwargs": {"aws_secret_access_key": "s"}}):
         with pytest.raises(ValueError):
             storage.check_storage_options(bad)
+
+
+def test_a_remote_file_that_changed_is_fetched_again(s3, study_env, tmp_path, monkeypatch):
+    """The mirror follows the bucket: an object rewritten with other bytes of the same size is fetched
+    again on its next use; an unchanged one is not."""
+    import boto3
+    client = boto3.client("s3", endpoint_url=s3["endpoint"])
+    files = sorted(p for p in s3["local"].rglob("*.jpg"))
+    for p in files:
+        client.upload_file(str(p), BUCKET, f"changing/{p.relative_to(s3['local']).as_posix()}")
+    monkeypatch.setenv("STUDYLIB_REMOTE", str(tmp_path / "mirror"))
+    uri = f"s3://{BUCKET}/changing"
+    changed, kept = (p.relative_to(s3["local"]).as_posix() for p in files[:2])
+
+    first = storage.open_root(uri, "lazy")
+    for rel in (changed, kept):
+        first.ensure(first.local_path(rel))
+    assert first.fetched_files == 2
+
+    new = bytearray(files[0].read_bytes())
+    new[len(new) // 2] ^= 0xFF                 # other content, same size
+    client.put_object(Bucket=BUCKET, Key=f"changing/{changed}", Body=bytes(new))
+
+    second = storage.open_root(uri, "lazy")
+    assert second.ensure(second.local_path(changed)).read_bytes() == bytes(new)
+    assert second.ensure(second.local_path(kept)).read_bytes() == files[1].read_bytes()
+    assert second.fetched_files == 1           # only the changed object crossed the network
