@@ -154,3 +154,24 @@ def test_undecodable_images_are_skipped_and_listed(tiny_imagefolder, study_env):
     ds = load_dataset("imagefolder", str(tiny_imagefolder))
     split = load_split("tiny-broken", "train", ds.splits["train"], 16)
     assert len(split) == 36 and [s["name"] for s in split.skipped] == [str(bad)]
+
+
+def test_an_edit_that_keeps_the_file_size_invalidates_the_cache(tmp_path, study_env):
+    """The cache is keyed by content, not by size or name: a BMP repainted with another colour has the
+    same size in bytes, and its split is decoded again, to the new pixels."""
+    from PIL import Image
+    for cls, colour in (("red", (220, 20, 20)), ("blue", (20, 20, 220))):
+        for split in ("train", "val", "test"):
+            for i in range(2):
+                path = tmp_path / "bmp" / split / cls / f"{i}.bmp"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                Image.new("RGB", (20, 20), colour).save(path)
+    ds = load_dataset("imagefolder", str(tmp_path / "bmp"))
+    first = load_split("bmp", "train", ds.splits["train"], 16)
+    path = Path(ds.splits["train"].paths[0])
+    size = path.stat().st_size
+    Image.new("RGB", (20, 20), (0, 255, 0)).save(path)
+    assert path.stat().st_size == size
+    again = load_split("bmp", "train", load_dataset("imagefolder", str(tmp_path / "bmp")).splits["train"], 16)
+    assert not again.cache_hit and again.path != first.path
+    assert again.images[0, :, 8, 8].tolist() == [0, 255, 0] and not torch.equal(again.images, first.images)
