@@ -13,7 +13,8 @@ a function, and there is no cycle (tests/test_layers.py checks all three, with t
     train/                       the setup shared by train, tune and bench; the loop; one whole run
     params                       every stage's parameters on one base class, validated before any work
     models  data/                the model factory; datasets (registry, sources, splits, integrity, storage, cache)
-    environment  record          what a run ran on; the run record's schema
+    environment  record          what a run ran on; the run record's schema;
+    uncertainty                  intervals of test top-1 over seeds and test images, paired comparisons
     errors  paths  util          leaves
 """
 __version__ = "0.1.0"

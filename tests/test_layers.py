@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "studylib"
 # Lowest first. A module may import its own layer's modules and any layer below, never above.
 LAYERS = [
     ("studylib", "studylib.errors", "studylib.paths", "studylib.util"),
-    ("studylib.environment", "studylib.record"),
+    ("studylib.environment", "studylib.record", "studylib.uncertainty"),
     ("studylib.models", "studylib.data"),
     ("studylib.params",),
     ("studylib.train",),
