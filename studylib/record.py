@@ -216,6 +216,19 @@ class LoadLevel(BaseModel):
     mean_ms: Optional[float]
 
 
+class ModelServing(BaseModel):
+    """One trained model served in-process by ONNX Runtime on the deploy machine's CPU (the deploy stage)."""
+    model: str
+    run_id: str                  # the train run measured
+    latency_ms: float            # one image at a time (batch 1), median
+    throughput: float            # images per second at batch_size
+    batch_size: int
+    fp32_mb: float               # the fp32 ONNX file
+    int8_mb: Optional[float]     # the int8 (static quantisation) ONNX file; None when it was not made
+    fp32_top1: float             # test top-1 of the fp32 ONNX model
+    int8_top1: Optional[float]
+
+
 class DeployRecord(Record):
     stage: str = "deploy"
     train_run_id: str            # the served train run
@@ -244,6 +257,7 @@ class DeployRecord(Record):
     inprocess_p50_ms: float      # in-process p50 of the same per-request work
     http_overhead_ms: float      # HTTP p50 - in-process p50, measured in alternating rounds (ceiling.paired)
     server: dict                 # command, threads, workers, startup seconds, alive after the test
+    models: list[ModelServing] = []  # every trained model's ONNX Runtime numbers on this CPU, not only the served run
     started_at: str
     finished_at: str
 
