@@ -1,10 +1,10 @@
 """The Jupyter Book's moving parts: the report pages and the table of contents, from what ran.
 
-`write_report(study)` executes notebooks/methods.ipynb and notebooks/results.ipynb for the
-study into book/results/, and regenerates book/_toc.yml: the intro, methods, the reference
-studies, the results chapter, then every executed notebook of the study grouped by stage
-(failed runs last). `jupyter-book build book/` then renders it offline (execute_notebooks is
-"off" in _config.yml: papermill already ran everything).
+`write_report(study)` executes notebooks/decision.ipynb, methods.ipynb and results.ipynb for the
+study into book/results/, and regenerates book/_toc.yml: the intro, the decision page (which model
+to pick), methods, the reference studies, the results chapter, then every executed notebook of the
+study grouped by stage (failed runs last). `jupyter-book build book/` then renders it offline
+(execute_notebooks is "off" in _config.yml: papermill already ran everything).
 """
 from __future__ import annotations
 
@@ -22,8 +22,10 @@ from studylib.util import atomic_write, atomic_write_text
 
 STAGE_CAPTIONS = {"data_prep": "Data preparation", "train": "Training runs", "tune": "Tuning",
                   "deploy": "Deployment", "cost": "Cost"}
-REPORT_PAGES = ("methods", "results")   # notebooks/<page>.ipynb -> book/results/<page>-<study>.ipynb
+REPORT_PAGES = ("decision", "methods", "results")   # notebooks/<page>.ipynb -> book/results/<page>-<study>.ipynb
 HAND_WRITTEN = ("intro.md", "reference_studies.md")
+# The study's chapters after the intro, in order: a report page where it was executed, or a hand-written page.
+CHAPTERS = ("decision", "methods", "reference_studies", "results")
 
 
 def report_path(page: str, study: str) -> Path:
@@ -77,10 +79,8 @@ def toc(study: str) -> dict:
     """The table of contents for a study: fixed chapters, then one page per executed notebook."""
     book = book_dir()
     manifest = read_manifest(study)
-    chapters = [{"file": name[:-3]} for name in HAND_WRITTEN[1:]]
-    for page in REPORT_PAGES:
-        if report_path(page, study).exists():
-            chapters.insert(0 if page == "methods" else len(chapters), {"file": f"results/{page}-{study}"})
+    chapters = [{"file": f"results/{page}-{study}"} if page in REPORT_PAGES else {"file": page}
+                for page in CHAPTERS if page not in REPORT_PAGES or report_path(page, study).exists()]
     parts = [{"caption": "The study", "chapters": chapters}]
     failed = []
     for stage in STAGES:

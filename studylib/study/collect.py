@@ -190,7 +190,7 @@ def load_records(study: str, stage: Optional[str] = None) -> list[dict]:
 def add_arguments(parser) -> None:
     parser.add_argument("study", help="the study's name (the `study:` of its grid file)")
     parser.add_argument("--no-report", dest="report", action="store_false",
-                        help="only the tables: skip the results and methods pages and the book's table of contents")
+                        help="only the tables: skip the report pages (decision, methods, results) and the book's table of contents")
 
 
 def run(args) -> int:
