@@ -8,10 +8,10 @@ fields out of a notebook's globals (the papermill parameters cell).
 """
 from __future__ import annotations
 
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, ClassVar, Literal, Union
 
 import torch
-from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, ValidationError, ValidationInfo, field_validator, model_validator
 
 from studylib.data.registry import check_root, dataset_spec
 from studylib.errors import ParameterError
@@ -32,6 +32,16 @@ NonNegativeInt = Annotated[int, _check(lambda v: v >= 0, "zero or more")]
 PositiveFloat = Annotated[float, _check(lambda v: v > 0, "a positive number")]
 NonNegativeFloat = Annotated[float, _check(lambda v: v >= 0, "zero or more")]
 Fraction = Annotated[float, _check(lambda v: 0 < v < 1, "between 0 and 1")]
+
+
+def _switch(value, info: ValidationInfo):
+    if value is True or value is False or value == "auto":
+        return value
+    raise ParameterError(info.field_name, value, "true, false or 'auto'")
+
+
+# amp and channels_last: on, off, or "auto" (studylib.train.speed resolves it per model from the bench)
+SpeedSwitch = Annotated[Union[bool, Literal["auto"]], BeforeValidator(_switch)]
 
 
 class StageParams(BaseModel):
@@ -74,8 +84,8 @@ class TrainParams(StageParams):
     early_stopping: NonNegativeInt = 0              # patience in epochs on val top-1; 0 means off
     seed: int = 0
     device: str = "auto"
-    amp: bool = True                     # bf16 autocast, CUDA only
-    channels_last: bool = True           # CUDA only
+    amp: SpeedSwitch = "auto"            # bf16 autocast (CPU and CUDA); "auto": what `studylib bench` found fastest
+    channels_last: SpeedSwitch = "auto"  # channels_last memory format of model and batches; "auto" as amp
     compile: bool = False                # torch.compile the model
     train_limit: NonNegativeInt = 0                 # use at most this many training images; 0 means all
     val_fraction: Fraction = 0.1            # for datasets without a validation split

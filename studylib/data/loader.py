@@ -2,7 +2,8 @@
 
 The whole split sits on the training device as uint8. A batch is an index into it, a random
 crop and horizontal flip done as one gather on the uint8 pixels, then a cast and a
-normalisation in place. No worker processes, no per-image Python, and on a GPU no
+normalisation in place, in the run's memory format (NCHW, or channels_last when the run trains
+in it, on a CPU as on a GPU). No worker processes, no per-image Python, and on a GPU no
 host-device copy or synchronisation: the random numbers come from a generator on the device.
 """
 from __future__ import annotations
@@ -82,5 +83,7 @@ class TensorBatches:
                 x, y = self.images[lo:hi], self.labels[lo:hi]
             if self.augment:
                 x = random_crop_flip(x, g, self.pad)
-            x = x.to(torch.float32, copy=True).sub_(self.mean).div_(self.std)  # a new tensor: the split is never written
-            yield x.contiguous(memory_format=self.memory_format), y
+            # one new float tensor, already in the run's memory format (channels_last: N x H x W x C in
+            # memory); normalised in place, which keeps that layout. The uint8 split is never written.
+            x = x.to(torch.float32, memory_format=self.memory_format, copy=True).sub_(self.mean).div_(self.std)
+            yield x, y

@@ -16,6 +16,7 @@ from torch import nn
 
 from studylib.data.loader import TensorBatches
 from studylib.record import EpochStats
+from studylib.train.speed import DEFAULT, device_type
 
 
 def synchronize(device: str) -> None:
@@ -23,9 +24,17 @@ def synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def autocast(device: str, amp: bool):
-    if amp and device.startswith("cuda"):
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+def autocast(device: str, amp: bool | str):
+    """bf16 autocast when amp is on, on CUDA and on a CPU alike; fp32 when it is off.
+
+    amp is the run's resolved setting (`train.speed.resolve`, which `setup.prepare` returns as
+    Prepared.speed.amp). An unresolved "auto" means the device's default precision (speed.DEFAULT),
+    never the bench's choice: a caller that passes params.amp trains as if no bench had run.
+    """
+    if amp == "auto":
+        amp = DEFAULT[device_type(device)][0] == "bf16"
+    if amp:
+        return torch.autocast(device_type(device), dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 

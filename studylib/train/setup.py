@@ -2,6 +2,9 @@
 
 `prepare(params, data, device)` is what train (`run.train_run`), tune (each Optuna trial) and
 `studylib bench` build before their first step, so all three train the same thing the same way.
+It resolves the run's precision and memory format (amp and channels_last may be "auto": see
+`train.speed`) once, and returns the choice as Prepared.speed: the loop's autocast, the model's and
+the batches' memory format all follow it.
 It seeds the global random number generators right before building the model: a model's initial
 weights depend on its seed alone, not on what ran before in the process (tune loads the data
 once and then builds one model per trial).
@@ -21,6 +24,7 @@ from studylib.data.loader import IMAGENET_MEAN, IMAGENET_STD, TensorBatches
 from studylib.data.registry import Dataset, load_dataset
 from studylib.models import create_model
 from studylib.params import TrainParams
+from studylib.train.speed import Speed, resolve
 
 
 @dataclass
@@ -43,6 +47,7 @@ class Prepared:
     optimizer: torch.optim.Optimizer
     schedule: torch.optim.lr_scheduler.LRScheduler
     loss_fn: nn.Module
+    speed: Speed               # the resolved amp and channels_last, and how they were chosen
 
 
 def seed_everything(seed: int) -> None:
@@ -69,13 +74,18 @@ def load_run_data(params: TrainParams) -> RunData:
     return RunData(ds, splits, mean, std, how)
 
 
-def batches(data: RunData, split: str, params: TrainParams, device: str, train: bool) -> TensorBatches:
-    """A split's batches: shuffled and augmented for training; at least 256 images a batch for evaluation."""
+def batches(data: RunData, split: str, params: TrainParams, device: str, train: bool,
+            speed: Optional[Speed] = None) -> TensorBatches:
+    """A split's batches: shuffled and augmented for training; at least 256 images a batch for evaluation.
+
+    Their memory format is speed's (default: resolved from params, as `prepare` does).
+    """
     s = data.splits[split]
+    speed = speed or resolve(params, device)
     return TensorBatches(s.images, s.labels, params.batch_size if train else max(256, params.batch_size),
                          mean=data.mean, std=data.std, device=device, shuffle=train,
                          augment=train and params.augment, seed=params.seed, drop_last=False,
-                         channels_last=params.channels_last and device.startswith("cuda"))
+                         channels_last=speed.channels_last)
 
 
 def steps_per_epoch(data: RunData, params: TrainParams) -> int:
@@ -83,12 +93,10 @@ def steps_per_epoch(data: RunData, params: TrainParams) -> int:
     return -(-len(data.splits["train"]) // params.batch_size)
 
 
-def build_model(params: TrainParams, num_classes: int, device: str) -> nn.Module:
+def build_model(params: TrainParams, num_classes: int, device: str, channels_last: bool) -> nn.Module:
     model = create_model(params.model, num_classes, params.pretrained, params.finetune, params.head,
                          image_size=params.image_size).to(device)
-    if params.channels_last and device.startswith("cuda"):
-        model = model.to(memory_format=torch.channels_last)
-    return model
+    return model.to(memory_format=torch.channels_last) if channels_last else model
 
 
 def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float) -> torch.optim.Optimizer:
@@ -120,20 +128,23 @@ def build_schedule(optimizer, name: str, lr: float, total_steps: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
 
 
-def prepare(params: TrainParams, data: RunData, device: str, total_steps: Optional[int] = None) -> Prepared:
-    """Seed, then build the model (compiled for the step with params.compile), the train and val
-    batches, the optimizer, the schedule and the loss.
+def prepare(params: TrainParams, data: RunData, device: str, total_steps: Optional[int] = None,
+            speed: Optional[Speed] = None) -> Prepared:
+    """Resolve the precision and memory format, seed, then build the model (compiled for the step
+    with params.compile), the train and val batches, the optimizer, the schedule and the loss.
 
     The schedule spans `total_steps` steps: by default params.epochs passes over the train split;
-    the bench passes its own count (warm-up and measured passes).
+    the bench passes its own count (warm-up and measured passes). speed: a setting chosen by the
+    caller (the bench measures the loop in the one "auto" will choose); default `speed.resolve`.
     """
+    speed = speed or resolve(params, device)
     seed_everything(params.seed)
-    model = build_model(params, len(data.dataset.classes), device)
+    model = build_model(params, len(data.dataset.classes), device, speed.channels_last)
     step_model = torch.compile(model) if params.compile else model
-    train = batches(data, "train", params, device, train=True)
-    val = batches(data, "val", params, device, train=False)
+    train = batches(data, "train", params, device, train=True, speed=speed)
+    val = batches(data, "val", params, device, train=False, speed=speed)
     optimizer = build_optimizer(model, params.optimizer, params.lr, params.weight_decay)
     steps = params.epochs * len(train) if total_steps is None else total_steps
     schedule = build_schedule(optimizer, params.schedule, params.lr, steps)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=params.label_smoothing)
-    return Prepared(model, step_model, train, val, optimizer, schedule, loss_fn)
+    return Prepared(model, step_model, train, val, optimizer, schedule, loss_fn, speed)
