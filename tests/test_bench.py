@@ -12,6 +12,7 @@ import pytest
 
 from studylib import bench
 from studylib.study import overhead
+from studylib.train import speed
 from studylib.views import bench as bench_views
 from studylib.cli import main
 
@@ -24,30 +25,53 @@ def test_bench_writes_a_row_with_every_column(study_env, tmp_path, capsys):
     out = tmp_path / "bench"
     assert main(["bench", *TINY, "--out-dir", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "(a) bare step" in printed and "(b) study loop" in printed and "loop / bare" in printed
+    assert "(a) bare step" in printed and "(b) study loop" in printed and "loop / fastest bare" in printed
     files = list(out.glob("*.csv"))
-    assert [f.name for f in files] == [f"benchmark-train-fp32-nchw-{bench.torch_tag()}-cpu.csv"]
+    assert [f.name for f in files] == [f"benchmark-train-{speed.torch_tag()}-cpu.csv"]
     table = pd.read_csv(files[0])
     assert list(table.columns) == bench.COLUMNS and len(table) == 1
     row = table.iloc[0]
     assert row["model"] == "shufflenet_v2_x0_5" and row["image_size"] == 32 and row["batch_size"] == 32
     # (a) and (b) passed over the same images: 80 training images in batches of 32, 32 and 16
-    assert row["images"] == 80 and row["rounds"] == 2 and row["warmup_steps"] == 1 + 1 + 1
-    for col in ("bare_samples_per_sec", "loop_samples_per_sec", "loop_ratio", "infer_latency_ms", "infer_samples_per_sec"):
+    assert row["images"] == 80 and row["rounds"] == 2
+    # warm-up: in each of the four settings one full batch and one of 16, then one step of the loop
+    assert row["warmup_steps"] == 4 * (1 + 1) + 1
+    # the bare step in all four settings; the fastest of them is the ceiling the loop is set against
+    four = {name: row[speed.bare_column(*name.split("-"))] for name in ("fp32-nchw", "fp32-nhwc", "bf16-nchw", "bf16-nhwc")}
+    assert all(v > 0 for v in four.values()) and row["fastest"] == max(four, key=four.get)
+    assert row["ceiling_samples_per_sec"] == max(four.values())
+    # no bench row yet and no setting forced: the loop ran in the CPU's default setting
+    assert (row["precision"], row["layout"]) == speed.DEFAULT["cpu"] or "measuring again" in printed
+    assert row["bare_samples_per_sec"] == four[f"{row['precision']}-{row['layout']}"]
+    for col in ("loop_samples_per_sec", "loop_ratio", "setting_ratio", "infer_latency_ms", "infer_samples_per_sec"):
         assert row[col] > 0, col
-    assert math.isclose(row["loop_ratio"], row["loop_samples_per_sec"] / row["bare_samples_per_sec"], rel_tol=0.5)
+    assert math.isclose(row["loop_ratio"], row["loop_samples_per_sec"] / row["ceiling_samples_per_sec"], rel_tol=0.5)
+    assert row["loop_ratio"] <= row["setting_ratio"] * 1.5
     assert 0 <= row["data_wait_share"] < 1 and row["infer_batch_size"] == 8
     assert pd.isna(row["compile_seconds"]) and not row["compile"]
     assert printed.count("-> ") == 1
 
-    # a second run appends; the book's table keeps the newest row per setting
-    assert main(["bench", *TINY, "--no-infer", "--interleave", "pass", "--out-dir", str(out)]) == 0
-    assert list(pd.read_csv(files[0])["interleave"]) == ["step", "pass"]  # auto on a CPU: step
+    # a second run, the loop forced into bf16 NCHW, appends; the book's table keeps the newest row per setting
+    assert main(["bench", *TINY, "--amp", "--no-channels-last", "--no-infer", "--interleave", "pass",
+                 "--out-dir", str(out)]) == 0
+    second = pd.read_csv(files[0])
+    assert list(second["interleave"]) == ["step", "pass"]  # auto on a CPU: step
+    assert (second.iloc[1]["precision"], second.iloc[1]["layout"], second.iloc[1]["setting_source"]) == (
+        "bf16", "nchw", "parameters")
+    forced = second.iloc[1]
+    assert forced["bare_samples_per_sec"] == forced["bare_bf16_nchw_samples_per_sec"]  # its own setting's bare step
     shown = bench_views.load_bench_table(tmp_path)          # the results folder, holding bench/
     assert shown.equals(bench_views.load_bench_table(out))  # or the folder of CSVs itself
-    assert len(shown) == 1 and list(shown.columns) == bench_views.SUMMARY and pd.isna(shown.iloc[0]["infer_latency_ms"])
+    assert len(shown) == 2 and list(shown.columns) == bench_views.SUMMARY
     assert len(bench_views.load_bench_table(out, full=True, latest=False)) == 2
     assert bench_views.load_bench_table(tmp_path / "nothing") is None
+    book = bench_views.speed_table(shown)
+    assert list(book.columns) == ["model", "fp32 NCHW (images/s)", "fp32 channels_last (images/s)",
+                                  "bf16 NCHW (images/s)", "bf16 channels_last (images/s)", "study's setting",
+                                  "loop (images/s)", "loop / fastest"]
+    assert sorted(book["study's setting"]) == sorted(
+        bench_views.SETTING_LABELS[f"{p}-{f}"] for p, f in zip(shown.precision, shown.layout))
+    assert "32 px, batch 32" in bench_views.bench_note(shown)
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -63,10 +87,9 @@ def test_bad_arguments_stop_before_any_work(study_env, tmp_path, capsys, argv, m
 
 
 def test_names_follow_timm():
-    assert bench_views.precision_name(True, "cpu") == "fp32" and bench_views.precision_name(True, "cuda") == "bf16"
-    assert bench_views.layout_name(True, "cpu") == "nchw" and bench_views.layout_name(True, "cuda:0") == "nhwc"
-    assert bench.torch_tag().startswith("pt") and bench.torch_tag()[2:].isdigit()
-    assert bench.csv_name("fp32", "nchw", "cpu") == f"benchmark-train-fp32-nchw-{bench.torch_tag()}-cpu.csv"
+    assert speed.torch_tag().startswith("pt") and speed.torch_tag()[2:].isdigit()
+    assert speed.csv_name("cpu") == f"benchmark-train-{speed.torch_tag()}-cpu.csv"
+    assert speed.bare_column("bf16", "nhwc") == "bare_bf16_nhwc_samples_per_sec"
 
 
 def _executed_notebook(path: Path, record: dict, durations: list[float], startup: float, wall: float):
@@ -137,26 +160,38 @@ def test_grid_configurations(study_env):
 
 
 def test_runs_against_bench_matches_the_setting():
-    """A study's train runs are compared with the bench row of their own setting only (threads included)."""
+    """A study's train runs are compared with the newest bench row of their own machine and shape (threads
+    included), against the bare step in the setting they trained in and against the fastest one."""
     setting = {"image_size": 64, "batch_size": 64, "compile": False, "device": "cpu"}
+    run = {"stage": "train", "status": "ok", "model": "m", "amp": "auto", "channels_last": "auto",
+           "precision": "fp32", "memory_format": "nhwc", "hardware_gpu_name": None, "hardware_cpu_model": "CPU X",
+           "hardware_torch_threads": 2, **setting}
     runs = pd.DataFrame([
-        {"stage": "train", "status": "ok", "model": "m", "images_per_second": 90.0, "amp": True, "channels_last": True,
-         "hardware_gpu_name": None, "hardware_cpu_model": "CPU X", "hardware_torch_threads": 2, **setting},
-        {"stage": "train", "status": "ok", "model": "m", "images_per_second": 70.0, "amp": True, "channels_last": True,
-         "hardware_gpu_name": None, "hardware_cpu_model": "CPU X", "hardware_torch_threads": 2, **setting},
-        {"stage": "train", "status": "ok", "model": "m", "images_per_second": 40.0, "amp": True, "channels_last": True,
-         "hardware_gpu_name": None, "hardware_cpu_model": "CPU X", "hardware_torch_threads": 1, **setting},
-        {"stage": "train", "status": "failed", "model": "m", "images_per_second": None, "amp": True, "channels_last": True,
-         "hardware_gpu_name": None, "hardware_cpu_model": "CPU X", "hardware_torch_threads": 2, **setting},
+        {**run, "images_per_second": 90.0},
+        {**run, "images_per_second": 70.0},
+        {**run, "images_per_second": 40.0, "hardware_torch_threads": 1},
+        {**run, "images_per_second": None, "status": "failed"},
+        {**run, "images_per_second": 60.0, "precision": None, "memory_format": None},  # a record from before
     ])
+    four = {"bare_fp32_nchw_samples_per_sec": 70.0, "bare_fp32_nhwc_samples_per_sec": 100.0,
+            "bare_bf16_nchw_samples_per_sec": 50.0, "bare_bf16_nhwc_samples_per_sec": 160.0,
+            "ceiling_samples_per_sec": 160.0, "fastest": "bf16-nhwc"}
     table = pd.DataFrame([
-        {"model": "m", "precision": "fp32", "layout": "nchw", "device_name": "CPU X", "torch_threads": 2,
-         "bare_samples_per_sec": 100.0, "loop_samples_per_sec": 98.0, **setting},
-        {"model": "m", "precision": "fp32", "layout": "nchw", "device_name": "CPU Y", "torch_threads": 2,
-         "bare_samples_per_sec": 500.0, "loop_samples_per_sec": 490.0, **setting},
+        {"model": "m", "precision": "fp32", "layout": "nhwc", "device_name": "CPU X", "torch_threads": 2,
+         "measured_at": "2026-12-02", **four, **setting},
+        {"model": "m", "precision": "fp32", "layout": "nhwc", "device_name": "CPU X", "torch_threads": 2,
+         "measured_at": "2026-12-01", **{k: 1.0 for k in four}, "fastest": "fp32-nchw", **setting},  # older
+        {"model": "m", "precision": "fp32", "layout": "nhwc", "device_name": "CPU Y", "torch_threads": 2,
+         "measured_at": "2026-12-03", **{k: 500.0 for k in four}, "fastest": "fp32-nchw", **setting},
     ])
     out = bench_views.runs_against_bench(runs, table)
-    assert len(out) == 1   # the 1-thread run has no bench row of its setting; CPU Y is another machine
+    assert len(out) == 1   # the 1-thread run has no bench row of its machine; CPU Y is another machine
     row = out.iloc[0]
-    assert row.runs == 2 and row.run_samples_per_sec == 80.0 and row.run_ratio == pytest.approx(0.8)
+    assert row.runs == 2 and row.run_samples_per_sec == 80.0 and row.bare_samples_per_sec == 100.0
+    assert row.run_ratio == pytest.approx(0.5) and row.fastest == "bf16-nhwc"
+    shown = bench_views.against_table(out)
+    assert shown.iloc[0].to_dict() == {
+        "model": "m", "setting": "fp32 channels_last", "runs": "2", "runs (images/s)": "80",
+        "bare step, same setting (images/s)": "100", "fastest bare step (images/s)": "160", "runs / fastest": "50%"}
     assert bench_views.runs_against_bench(runs, None).empty
+    assert bench_views.runs_against_bench(runs.drop(columns=["precision", "memory_format"]), table).empty
