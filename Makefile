@@ -1,6 +1,7 @@
 # make setup  - create .venv (if missing) and install studylib with its dependencies; idempotent
 # make test   - setup, then the test suite
 # make study  - setup, a short benchmark of the quick study's models, the default study (params/quick.yaml), then the book
+#              DATA=/path/to/photos: the same on your own images (<class>/* or <split>/<class>/*), as study quick-<folder name>
 # make bench   - setup, then the full benchmark of the quick study's models (whole training split, 3 rounds)
 SHELL := /bin/bash
 VENV ?= .venv
@@ -27,11 +28,14 @@ test: setup
 	$(PY) -m pytest -q
 
 study: setup
+	@# DATA (from make's command line or the environment) reaches the commands as $$DATA: any path, spaces included.
+	@# A bad one stops here, with its one sentence, before the bench.
+	@if [ -n "$$DATA" ]; then $(VENV)/bin/studylib grid params/quick.yaml --check --data "$$DATA" > /dev/null || exit $$?; fi
 	@# A benchmark that fails (data missing, say) does not stop the study: the methods chapter says so.
-	$(VENV)/bin/studylib bench $(STUDY_BENCH) || echo "studylib bench failed: the book is built without its table"
+	$(VENV)/bin/studylib bench $(STUDY_BENCH) $${DATA:+--data "$$DATA"} || echo "studylib bench failed: the book is built without its table"
 	@# Exit 1 means some cells failed: the book is still built (failed runs are a chapter), then make fails.
-	@# Anything else (a bad grid file: 2, interrupted: 130) stops here.
-	@status=0; $(VENV)/bin/studylib grid params/quick.yaml || status=$$?; \
+	@# Anything else (a bad grid file or --data: 2, interrupted: 130) stops here.
+	@status=0; $(VENV)/bin/studylib grid params/quick.yaml $${DATA:+--data "$$DATA"} || status=$$?; \
 	  if [ $$status -gt 1 ]; then exit $$status; fi; \
 	  $(VENV)/bin/jupyter-book build book/ --path-output book || exit $$?; \
 	  echo ""; echo "The report: file://$(CURDIR)/book/_build/html/index.html"; \

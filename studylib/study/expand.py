@@ -10,16 +10,21 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import hashlib
 import itertools
+import re
+import unicodedata
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from studylib.errors import ParameterError
+from studylib.data.registry import dataset_spec
+from studylib.data.sources import load_imagefolder
+from studylib.errors import DatasetUnavailable, ParameterError
 from studylib.params import TrainParams
 from studylib.paths import project_root
-from studylib.util import read_yaml_file
+from studylib.util import is_uri, read_yaml_file
 from studylib.record import field_path, params_hash, run_id
 from studylib.stages.data_prep import DataPrepParams
 from studylib.stages.tune import TuneParams
@@ -88,20 +93,23 @@ def _first_error(err: ValidationError) -> ParameterError:
     return ParameterError(path or "grid", first.get("input"), allowed)
 
 
-def load_grid(path: str | Path) -> tuple[Grid, dict[str, list[Cell]]]:
+def load_grid(path: str | Path, data: str | Path | None = None) -> tuple[Grid, dict[str, list[Cell]]]:
     """Read and validate a grid file; returns the grid and the cells known before any run.
 
     Train (and data_prep, tune) cells are expanded and validated here; deploy and cost cells
-    depend on earlier stages' records and are expanded when their stage starts.
+    depend on earlier stages' records and are expanded when their stage starts. `data` (the CLI's
+    --data): an image folder the whole grid runs on instead of its own datasets (`apply_data`).
     """
     path = Path(path)
-    data = read_yaml_file(path, "grid file", "an existing YAML file such as params/quick.yaml")
-    if not isinstance(data, dict):
+    raw = read_yaml_file(path, "grid file", "an existing YAML file such as params/quick.yaml")
+    if not isinstance(raw, dict):
         raise ParameterError("grid file", str(path), "a YAML mapping with study, stages and train")
     try:
-        grid = Grid.model_validate(data)
+        grid = Grid.model_validate(raw)
     except ValidationError as err:
         raise _first_error(err) from None
+    if data is not None:
+        grid = apply_data(grid, check_data_folder(data))
     if "train" in grid.stages and not grid.train:
         raise ParameterError("train", None, "at least one block of datasets and models when stages include train")
     with contextlib.chdir(project_root()):   # relative data roots are relative to the project
@@ -129,6 +137,11 @@ def _sweep(settings: dict, list_fields: set[str]) -> list[dict]:
         else:
             axes[key] = [value]
     return [dict(zip(axes, combo)) for combo in itertools.product(*axes.values())]
+
+
+def data_label(dataset: str, root: str) -> str:
+    """How a page title names the data: the dataset, or for an image folder the folder's name."""
+    return Path(root).name if root and dataset_spec(dataset).needs_root else dataset
 
 
 def expand_train(grid: Grid) -> list[Cell]:
@@ -179,7 +192,7 @@ def expand_train(grid: Grid) -> list[Cell]:
                         if rid in seen:
                             continue
                         seen.add(rid)
-                        title = f"{model} on {dataset}, seed {seed}"
+                        title = f"{model} on {data_label(dataset, params['root'])}, seed {seed}"
                         extra = {k: params[k] for k, v in combo.items() if isinstance(base.get(k), list)}
                         if extra:
                             title += " (" + ", ".join(f"{k} {v}" for k, v in extra.items()) + ")"
@@ -202,7 +215,7 @@ def expand_data_prep(grid: Grid, train: list[Cell]) -> list[Cell]:
                   **(sec.model_extra or {})}
         # the id the notebook's record will carry: the stage's own canonical parameters, hashed
         rid = run_id("data_prep", DataPrepParams.from_mapping(params).run_params())
-        cells.append(Cell("data_prep", rid, params, title=f"{ds}"))
+        cells.append(Cell("data_prep", rid, params, title=data_label(ds, params["root"])))
     return cells
 
 
@@ -212,16 +225,23 @@ def expand_tune(grid: Grid, train: list[Cell]) -> list[Cell]:
     if sec is None:
         return []
     datasets = sec.datasets or list(dict.fromkeys(c.params["dataset"] for c in train)) or ["clothing10"]
+    extra = sec.model_extra or {}
+    roots = {}
+    for c in train:   # a dataset's root is its train cells' (an image folder has no default one)
+        roots.setdefault(c.params["dataset"], c.params["root"])
     cells = []
     for ds in datasets:
+        root = extra.get("root") or roots.get(ds, "")
+        where = {"root": root} if root else {}
         for model in sec.models:
             try:
-                TrainParams.from_mapping({"dataset": ds, "model": model})
+                TrainParams.from_mapping({"dataset": ds, "model": model, **where})
             except ParameterError as err:
-                raise ParameterError(f"tune.{err.parameter}s", err.value, err.allowed) from None
-            params = {"model": model, "dataset": ds, "n_trials": sec.n_trials, **(sec.model_extra or {})}
+                name = err.parameter + "s" if err.parameter in ("dataset", "model") else err.parameter
+                raise ParameterError(f"tune.{name}", err.value, err.allowed) from None
+            params = {"model": model, "dataset": ds, "n_trials": sec.n_trials, **where, **extra}
             rid = run_id("tune", TuneParams.from_mapping(params).model_dump())  # as the tune record names itself
-            cells.append(Cell("tune", rid, params, title=f"{model} on {ds}",
+            cells.append(Cell("tune", rid, params, title=f"{model} on {data_label(ds, root)}",
                               gpu=params.get("device", "auto") != "cpu"))
     return cells
 
@@ -284,3 +304,60 @@ def check_notebook_parameters(stage: str, extra: dict) -> None:
     for key, value in extra.items():
         if key not in declared:
             raise ParameterError(f"{stage}.{key}", value, f"a parameter of notebooks/{stage}.ipynb ({', '.join(sorted(declared))})")
+
+
+# --- --data: the grid on the user's own image folder ------------------------------------------------
+
+DATA_DATASET = "imagefolder"
+DATA_ALLOWED = "an existing local folder of images in <class>/<image> or <split>/<class>/<image> folders"
+
+
+def check_data_folder(data: str | Path) -> Path:
+    """--data before any work: a local folder the imagefolder loader reads as two or more classes of
+    images, with its own splits or enough images in every class to carve them by seed. Its absolute path."""
+    folder = Path(data).expanduser()
+    if not str(data).strip() or is_uri(str(data)) or not folder.is_dir():
+        raise ParameterError("--data", str(data), DATA_ALLOWED)
+    folder = folder.resolve()
+    try:
+        classes = load_imagefolder(str(folder)).classes   # lists the files and carves the splits; opens no image
+    except DatasetUnavailable:
+        raise ParameterError("--data", str(data), f"{DATA_ALLOWED} (this one holds no class folder with images)") from None
+    except ValueError:   # scikit-learn's stratified split: a class too small to give validation and test images
+        raise ParameterError("--data", str(data), "a folder with enough images in every class to carve stratified "
+                             "validation and test splits from (10 or more a class)") from None
+    if len(classes) < 2:
+        raise ParameterError("--data", str(data), f"a folder of two or more class folders (this one has only '{classes[0]}')")
+    return folder
+
+
+def data_study_name(study: str, folder: Path) -> str:
+    """<study>-<folder name>: the name in ASCII letters, digits, '_' and '.', accents dropped, any other
+    run of characters one '-' (a name with none left: a hash of the path), safe as a file name."""
+    name = unicodedata.normalize("NFKD", folder.name).encode("ascii", "ignore").decode()
+    name = re.sub(r"[^A-Za-z0-9_.]+", "-", name).strip("-.")
+    return f"{study}-{name or 'data-' + hashlib.sha256(str(folder).encode()).hexdigest()[:8]}"
+
+
+def apply_data(grid: Grid, folder: Path) -> Grid:
+    """The grid on the image folder: every train block's datasets become imagefolder with `folder` as its
+    root (a root the block or its overrides name gives way); data_prep and tune sections that name datasets
+    name imagefolder instead (else they follow the train cells, as always); deploy serves the new study's
+    best run (run ids name runs on the grid's own data); the study is data_study_name's, so its results,
+    runs and book pages stay apart from the grid's own."""
+    if not grid.train:
+        raise ParameterError("--data", str(folder), "given with a grid file that has train blocks (their datasets become the folder)")
+    d = grid.model_dump()
+    d["study"] = data_study_name(grid.study, folder)
+    d["title"] = f"The {grid.study} study on the images in {folder}"
+    for block in d["train"]:
+        block.update(datasets=[DATA_DATASET], root=str(folder))
+        for values in block["overrides"].values():
+            values.pop("root", None)
+    for section in (d["data_prep"], d["tune"]):
+        if section is not None:
+            section.pop("root", None)
+            if section.get("datasets"):
+                section["datasets"] = [DATA_DATASET]
+    d["deploy"]["run"] = "best"
+    return Grid.model_validate(d)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import signal
 import sys
 import time
@@ -114,22 +115,25 @@ def run_stage(client, stage: str, cells: list, use_gpu: bool, bar, log, summary:
 
 
 def run_grid(path: str | Path, workers: int = 1, scheduler: Optional[str] = None, gpus: Optional[int] = None,
-             report: bool = True, log=None) -> int:
-    """Run a grid file. Returns 0 when every cell is ok, 1 when some failed, 130 when interrupted."""
-    grid, cells = load_grid(path)          # every parameter checked before anything runs
+             report: bool = True, log=None, data: Optional[str] = None) -> int:
+    """Run a grid file (on the image folder `data` instead of its datasets, when given: expand.apply_data).
+    Returns 0 when every cell is ok, 1 when some failed, 130 when interrupted."""
+    grid, cells = load_grid(path, data)    # every parameter checked before anything runs
     if workers < 1:
         raise ParameterError("--workers", workers, "a positive integer")
     gpus = torch.cuda.device_count() if gpus is None else gpus
     bar = tqdm(total=0, unit="run", desc=f"study {grid.study}", file=sys.stderr, dynamic_ncols=True)
     log = log or (lambda msg: tqdm.write(msg, file=sys.stderr))
-    manifest = Manifest(grid.study, str(path), kept_cells(grid))
+    images = None if data is None else Path(data).expanduser().resolve()   # checked by load_grid
+    manifest = Manifest(grid.study, str(path) if images is None else f"{path} --data {shlex.quote(str(images))}",
+                        kept_cells(grid))
     summary = {"ok": 0, "skipped": 0, "failed": []}
     old_handler = signal.signal(signal.SIGTERM, _on_sigterm)
     client, cluster = start_client(workers, scheduler, gpus)
     use_gpu = cluster_has_gpus(client)
     where = scheduler or f"a local cluster of {workers} worker{'s' * (workers > 1)}"
     log(f"study {grid.study}: {sum(len(v) for v in cells.values())} cells known before the run, on {where}"
-        + (" with GPUs" if use_gpu else ""))
+        + (" with GPUs" if use_gpu else "") + (f"; the images: {images}" if images is not None else ""))
     status = 0
     try:
         for stage in STAGES:
@@ -195,12 +199,17 @@ def add_arguments(parser) -> None:
     parser.add_argument("--no-report", dest="report", action="store_false",
                         help="skip the results and methods pages and the book's table of contents")
     parser.add_argument("--check", action="store_true", help="validate the grid file, list its cells and exit")
+    parser.add_argument("--data", default=None, metavar="PATH",
+                        help="run the grid on your own images: a folder of <class>/<image> or <split>/<class>/<image>; "
+                             "every train block's datasets become imagefolder with this root and the study is "
+                             "renamed <study>-<folder name> (results/, runs and book pages apart from the grid's own)")
 
 
 def run(args) -> int:
     try:
         if args.check:
-            grid, cells = load_grid(args.grid)
+            grid, cells = load_grid(args.grid, args.data)
+            print(f"study {grid.study}")
             for stage in STAGES:
                 if stage in grid.stages:
                     for c in cells.get(stage, []):
@@ -208,7 +217,8 @@ def run(args) -> int:
                     if stage in ("deploy", "cost"):
                         print(f"{stage:9s} (expanded when the stage starts)")
             return 0
-        return run_grid(args.grid, workers=args.workers, scheduler=args.scheduler, gpus=args.gpus, report=args.report)
+        return run_grid(args.grid, workers=args.workers, scheduler=args.scheduler, gpus=args.gpus, report=args.report,
+                        data=args.data)
     except ParameterError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
