@@ -154,7 +154,7 @@ def test_recommendations_match_the_hand_computed_answers(full):
 def test_what_would_change_is_read_from_the_records(full):
     d = decision.decide(runs_of(full), full, "clothing10")
     text = "\n".join(d.changes)
-    assert "2 model(s) are within noise of shufflenet_v2_x1_0" in text and "1–2 seed(s) per model" in text
+    assert "2 model(s) are within noise of shufflenet_v2_x1_0" in text and "1–2 seeds per model" in text
     assert "shufflenet_v2_x1_0 by 16.0 points at epoch 2" in text          # (0.15 + 0.17) / 2, the last epoch
     assert "Every run trained from random initialisation" in text and "not measured here" in text
     assert "Every run trained on the CPU (Test CPU); no run of the same settings ran on a GPU" in text

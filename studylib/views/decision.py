@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import matplotlib.pyplot as plt
+import matplotlib.ticker as ticker
 import pandas as pd
 
 from studylib.record import CostRecord, ModelServing
@@ -197,7 +198,7 @@ def what_would_change(d: Decision, records: list[dict]) -> list[str]:
     near = t[t.within_noise.eq(True) & ~t.best.eq(True)]
     if len(near):
         out.append(f"**More seeds or a larger test split.** {len(near)} model(s) are within noise of {t.iloc[0].label}; "
-                   f"with {int(t.seeds.min())}–{int(t.seeds.max())} seed(s) per model and {int(t.images.max())} test "
+                   f"with {seeds_range(t.seeds)} per model and {int(t.images.max())} test "
                    "images, these runs cannot order them, and more of either would narrow the intervals.")
     if t.seeds.max() == 1:
         out.append("Every model ran one seed, so its interval covers the test images only: it is too narrow by "
@@ -224,6 +225,12 @@ def what_would_change(d: Decision, records: list[dict]) -> list[str]:
                    f"{points(tune.test_gain)} points against the default hyperparameters "
                    f"({_link('tuning chapter', raw)}); the other models kept the grid's hyperparameters.")
     return out
+
+
+def seeds_range(seeds: pd.Series) -> str:
+    """'1 seed', '3 seeds' or '1–3 seeds'."""
+    lo, hi = int(seeds.min()), int(seeds.max())
+    return f"{hi} seed{'s' * (hi > 1)}" if lo == hi else f"{lo}–{hi} seeds"
 
 
 def last_epoch_gains(t: pd.DataFrame, trains: list) -> pd.DataFrame:
@@ -311,7 +318,9 @@ def pareto_figure(d: Decision, x: str):
     y = 100 * t.top1
     err = [100 * (t.top1 - t.top1_low).fillna(0), 100 * (t.top1_high - t.top1).fillna(0)]
     f = t[front].sort_values(x)
-    ax.step(f[x], 100 * f.top1, where="post", color="C3", lw=1.5, label="Pareto front")
+    ax.step(f[x], 100 * f.top1, where="post", color="C3", lw=1.5, zorder=1)
+    ax.scatter(f[x], 100 * f.top1, s=160, facecolors="none", edgecolors="C3", lw=1.5, zorder=3,
+               label="on the Pareto front (red line)")
     for mask, style in ((t.best.eq(True), {"fmt": "*", "ms": 12, "color": "C1", "label": "most accurate"}),
                         (t.within_noise.eq(True) & ~t.best.eq(True), {"fmt": "o", "color": "C0", "label": "within noise of it"}),
                         (~t.within_noise.eq(True), {"fmt": "o", "color": "0.6", "label": "below it beyond noise"})):
@@ -319,8 +328,11 @@ def pareto_figure(d: Decision, x: str):
             ax.errorbar(t[x][mask], y[mask], yerr=[e[mask] for e in err], capsize=3, lw=1, **style)
     if t[x].min() > 0 and t[x].max() > 10 * t[x].min():
         ax.set_xscale("log")
+        ax.xaxis.set_major_locator(ticker.LogLocator(subs=(1, 2, 5)))
+        ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(ticker.NullFormatter())
     ax.set(xlabel=xlabel, ylabel="test top-1 (%)", title=f"{d.dataset}: {title}")
     ax.grid(alpha=0.3)
-    legend_below(fig, ax)
+    legend_below(fig, [ax])
     place_labels(ax, t[x].tolist(), y.tolist(), t.label.tolist())
     return fig

@@ -209,9 +209,10 @@ def val_accuracy_per_epoch(epochs: pd.DataFrame, runs: pd.DataFrame):
         ax.set(title=dataset, xlabel="epoch", ylabel="validation top-1")
         ax.grid(alpha=0.3)
         ax.xaxis.get_major_locator().set_params(integer=True)
-        ax.legend(fontsize=8)
+        if ax.get_legend():
+            ax.get_legend().remove()
     fig.suptitle("Validation accuracy per epoch (band: min-max over seeds)")
-    fig.tight_layout()
+    legend_below(fig, axes)
     return fig
 
 
@@ -233,20 +234,26 @@ def _scatter(runs: pd.DataFrame, x: str, xlabel: str, title: str, logx: bool = F
         ax.set(title=dataset, xlabel=xlabel, ylabel="test top-1")
         ax.grid(alpha=0.3)
     fig.suptitle(title)
-    legend_below(fig, axes[0])
+    legend_below(fig, axes)
     for ax, dataset in zip(axes, datasets):
         g = train[train.dataset == dataset].groupby("model").agg(x=(x, "mean"), y=("test_top1", "mean")).reset_index()
         place_labels(ax, g.x.tolist(), g.y.tolist(), g.model.tolist())
     return fig
 
 
-def legend_below(fig, ax) -> None:
-    """One legend for the figure, below its panels (never over a point), then the layout fixed."""
-    handles, labels = ax.get_legend_handles_labels()
-    rows = 1 if len(labels) <= 3 else 2
-    if labels:
-        fig.legend(handles, labels, loc="lower center", ncol=-(-len(labels) // rows), fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, 0.05 * rows + 0.02 if labels else 0, 1, 1))
+def legend_below(fig, axes: list) -> None:
+    """One legend for the figure (every panel's entries, once each), below its panels where it hides no
+    point, then the layout fixed."""
+    entries = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            entries.setdefault(label, handle)
+    ncol = min(len(entries), 4) or 1
+    rows = -(-len(entries) // ncol)
+    if entries:
+        fig.legend(list(entries.values()), list(entries), loc="lower center", ncol=ncol, fontsize=8, frameon=False)
+    height = fig.get_figheight()
+    fig.tight_layout(rect=(0, min(0.5, (0.25 * rows + 0.1) / height) if entries else 0, 1, 1))
 
 
 def _overlap(a, b, pad: float) -> float:
@@ -316,5 +323,5 @@ def styled(table: pd.DataFrame, caption: str = ""):
 def failures(runs: pd.DataFrame) -> pd.DataFrame:
     if runs.empty:
         return runs
-    cols = [c for c in ("stage", "run_id", "model", "dataset", "error", "notebook") if c in runs]
+    cols = [c for c in ("stage", "model", "dataset", "error") if c in runs]   # the run's page is under Failed runs
     return runs[runs.status != "ok"][cols].reset_index(drop=True)
