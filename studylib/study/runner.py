@@ -197,7 +197,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--gpus", type=int, default=None,
                         help="GPUs for the local workers (default: the CUDA devices visible); 0 runs all on CPU")
     parser.add_argument("--no-report", dest="report", action="store_false",
-                        help="skip the results and methods pages and the book's table of contents")
+                        help="skip the report pages (decision, methods, results) and the book's table of contents")
     parser.add_argument("--check", action="store_true", help="validate the grid file, list its cells and exit")
     parser.add_argument("--data", default=None, metavar="PATH",
                         help="run the grid on your own images: a folder of <class>/<image> or <split>/<class>/<image>; "
