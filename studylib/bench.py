@@ -40,7 +40,7 @@ from studylib import environment
 from studylib.errors import ParameterError
 from studylib.models import count_parameters, gmacs
 from studylib.params import TrainParams
-from studylib.study.expand import load_grid
+from studylib.study.expand import check_data_folder, load_grid
 from studylib.study.overhead import print_overhead
 from studylib.train.loop import autocast, synchronize, train_epoch, train_step
 from studylib.train.profiling import FirstBatches
@@ -153,7 +153,6 @@ def _inference(model, image_size: int, batch_size: int, device: str, amp: bool, 
 def _rounds(setup, bares: dict, sizes: list[int], device: str, rounds: int, interleave: str):
     """Measured rounds: each one pass of the loop and one of each setting's bare step, interleaved.
     Returns (seconds per setting per round, loop seconds per round, data-wait share per round)."""
-    images = sum(sizes)
     bare: dict = {s: [] for s in SETTINGS}
     loop, wait = [], []
     for r in range(rounds):
@@ -181,8 +180,8 @@ def _rounds(setup, bares: dict, sizes: list[int], device: str, rounds: int, inte
                     loop.append(stats["seconds"])
                 else:
                     bare[what].append(_bare_steps(bares[what], setup.loss_fn, sizes, device))
-        if stats["images"] != images:
-            raise RuntimeError(f"the loop saw {stats['images']} images, the bare steps {images}")
+        if stats["images"] != sum(sizes):
+            raise RuntimeError(f"the loop saw {stats['images']} images, the bare steps {sum(sizes)}")
         wait.append(stats["data_wait"] / loop[-1])
     return bare, loop, wait
 
@@ -288,6 +287,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="take models, dataset, image size, batch size and training settings from a grid "
                              "file's train cells, e.g. params/quick.yaml (--model then filters them)")
     parser.add_argument("--dataset", default=None, help="dataset (default: the study's default, clothing10)")
+    parser.add_argument("--data", default=None, help="an image folder to measure on instead, as `studylib grid --data`")
     parser.add_argument("--image-size", type=int, default=None, help="pixels (default 64, the quick study's)")
     parser.add_argument("--batch-size", type=int, default=None, help="training batch size (default 64)")
     parser.add_argument("--train-limit", type=int, default=None, help="training images per pass (default 0: the whole training split)")
@@ -324,7 +324,7 @@ def configurations(args) -> list:
                                "train_limit": args.train_limit, "device": args.device, "amp": args.amp,
                                "channels_last": args.channels_last, "compile": args.compile}.items() if v is not None}
     if args.grid:
-        _, cells = load_grid(args.grid)
+        _, cells = load_grid(args.grid, data=args.data)
         bases, seen = [], set()
         for c in cells["train"]:
             p = {k: v for k, v in c.params.items() if k not in ("seed", "epochs", "early_stopping", "profile", "targets")}
@@ -335,7 +335,8 @@ def configurations(args) -> list:
         if args.model and not bases:
             raise ParameterError("--model", " ".join(args.model), f"a model of {args.grid}'s train cells")
     else:
-        bases = [{"model": m, "image_size": 64} for m in (args.model or DEFAULT_MODELS)]
+        where = {"dataset": "imagefolder", "root": str(check_data_folder(args.data))} if args.data else {}
+        bases = [{"model": m, "image_size": 64, **where} for m in (args.model or DEFAULT_MODELS)]
     out = []
     for base in bases:
         values = {**base, **given}

@@ -74,6 +74,18 @@ def test_bench_writes_a_row_with_every_column(study_env, tmp_path, capsys):
     assert "32 px, batch 32" in bench_views.bench_note(shown)
 
 
+def test_bench_on_an_image_folder(study_env, tmp_path, tiny_imagefolder, capsys):
+    """--data (what `make study DATA=...` passes): the models measured on the user's image folder."""
+    out = tmp_path / "bench"
+    assert main(["bench", "--model", "smallvgg1", "--image-size", "32", "--batch-size", "16", "--data",
+                 str(tiny_imagefolder), "--rounds", "1", "--warmup", "0", "--no-infer", "--threads", "1",
+                 "--out-dir", str(out)]) == 0
+    row = pd.read_csv(next(out.glob("*.csv"))).iloc[0]
+    assert row["dataset"] == "imagefolder" and row["images"] == 36 and row["model"] == "smallvgg1"
+    assert main(["bench", "--data", str(tmp_path / "missing"), "--out-dir", str(out)]) == 2
+    assert "parameter '--data' is" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--model", "no_such_net"], "parameter '--model' is 'no_such_net'"),
     (["--image-size", "0"], "parameter '--image-size' is 0"),
@@ -143,7 +155,7 @@ def test_runner_overhead_splits_wall_time(tmp_path):
 SMOKE = str(Path(__file__).resolve().parent.parent / "params" / "smoke.yaml")
 
 
-def test_grid_configurations(study_env):
+def test_grid_configurations(study_env, tiny_imagefolder):
     import argparse
     parser = argparse.ArgumentParser()
     bench.add_arguments(parser)
@@ -155,6 +167,8 @@ def test_grid_configurations(study_env):
     assert len(one) == 1 and (one[0].image_size, one[0].batch_size, one[0].train_limit) == (32, 16, 64)
     with pytest.raises(bench.ParameterError, match="--model"):
         bench.configurations(parser.parse_args(["--grid", SMOKE, "--model", "resnet18"]))
+    mine = bench.configurations(parser.parse_args(["--grid", SMOKE, "--data", str(tiny_imagefolder)]))
+    assert mine and {(c.dataset, c.root) for c in mine} == {("imagefolder", str(tiny_imagefolder.resolve()))}
     plain = bench.configurations(parser.parse_args([]))
     assert [c.model for c in plain] == bench.DEFAULT_MODELS and {c.image_size for c in plain} == {64}
 
