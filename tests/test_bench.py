@@ -207,5 +207,6 @@ def test_runs_against_bench_matches_the_setting():
     assert shown.iloc[0].to_dict() == {
         "model": "m", "setting": "fp32 channels_last", "runs": "2", "runs (images/s)": "80",
         "bare step, same setting (images/s)": "100", "fastest bare step (images/s)": "160", "runs / fastest": "50%"}
+    assert bench_views.against_sentence(out) == "The study's runs trained at 50% of the fastest bare step's speed."
     assert bench_views.runs_against_bench(runs, None).empty
     assert bench_views.runs_against_bench(runs.drop(columns=["precision", "memory_format"]), table).empty

@@ -128,3 +128,9 @@ def against_table(against: pd.DataFrame) -> pd.DataFrame:
         "fastest bare step (images/s)": against.ceiling_samples_per_sec.map(_whole),
         "runs / fastest": against.run_ratio.map(lambda r: f"{r:.0%}"),
     })
+
+
+def against_sentence(against: pd.DataFrame) -> str:
+    """One sentence: the range of the study's runs' speed as a share of the fastest bare step's."""
+    low, high = f"{against.run_ratio.min():.0%}", f"{against.run_ratio.max():.0%}"
+    return f"The study's runs trained at {low if low == high else f'{low} to {high}'} of the fastest bare step's speed."
