@@ -84,6 +84,11 @@ class TrainRecord(Record):
     train_seconds: float         # all epochs, training and validation
     first_step_seconds: float    # the first step alone: warm-up (and compile, with compile=True)
     compile_seconds: Optional[float] = None
+    # what the run trained in, params amp/channels_last resolved (studylib.train.speed): fp32 | bf16,
+    # nchw | nhwc (channels_last), and how they were chosen ("parameters", "default: ...", "bench row ...")
+    precision: Optional[str] = None
+    memory_format: Optional[str] = None
+    speed_source: Optional[str] = None
     eval_seconds: float          # the single pass over the test split
     time_to_target: dict[str, Optional[float]]  # val top-1 target -> train seconds to first reach it
     epoch_to_target: dict[str, Optional[int]]

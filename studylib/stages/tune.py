@@ -249,7 +249,7 @@ def tune(params: TuneParams) -> TuneOutcome:
                 raise optuna.TrialPruned(f"val top-1 {row.val_top1:.3f} after epoch {row.epoch}")
 
         fitted = fit(setup.step_model, setup.train, setup.val, epochs=tp.epochs, optimizer=setup.optimizer,
-                     schedule=setup.schedule, loss_fn=setup.loss_fn, device=device, amp=tp.amp,
+                     schedule=setup.schedule, loss_fn=setup.loss_fn, device=device, amp=setup.speed.amp,
                      early_stopping=tp.early_stopping, on_epoch=on_epoch, progress=False)
         vals = [h.val_top1 for h in fitted["history"]]
         return max(vals) if tp.early_stopping else vals[-1]

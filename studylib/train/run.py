@@ -69,15 +69,15 @@ def train_run(params: TrainParams, progress: bool = True, on_epoch=None) -> Trai
     with UtilisationSampler(device) as sampler:
         t0 = time.perf_counter()
         fitted = fit(setup.step_model, setup.train, setup.val, epochs=params.epochs, optimizer=setup.optimizer,
-                     schedule=setup.schedule, loss_fn=setup.loss_fn, device=device, amp=params.amp,
+                     schedule=setup.schedule, loss_fn=setup.loss_fn, device=device, amp=setup.speed.amp,
                      early_stopping=params.early_stopping, on_epoch=on_epoch, progress=progress)
         train_seconds = time.perf_counter() - t0
         history = fitted["history"]
 
         # The test split, touched once.
         t1 = time.perf_counter()
-        test_logits, test_labels, _ = evaluate(setup.step_model, batches(data, "test", params, device, train=False),
-                                               device, params.amp)
+        test_batches = batches(data, "test", params, device, train=False, speed=setup.speed)
+        test_logits, test_labels, _ = evaluate(setup.step_model, test_batches, device, setup.speed.amp)
         eval_seconds = time.perf_counter() - t1
     report = classification_report(test_logits, test_labels, data.dataset.classes)
     # which test images, in which order: runs with the same digest are compared image by image
@@ -88,7 +88,7 @@ def train_run(params: TrainParams, progress: bool = True, on_epoch=None) -> Trai
 
     profile = {**sampler.summary(), **memory, "operators": None}
     if params.profile:  # torch.profiler over a few more steps, on copies: the trained weights stay as they are
-        profile["operators"] = profile_steps(model, setup.train, setup.optimizer, setup.loss_fn, device, params.amp)
+        profile["operators"] = profile_steps(model, setup.train, setup.optimizer, setup.loss_fn, device, setup.speed.amp)
 
     checkpoint = out_dir / "model.pt"
     save_checkpoint(model, checkpoint)
@@ -102,7 +102,8 @@ def train_run(params: TrainParams, progress: bool = True, on_epoch=None) -> Trai
         pretrained=params.pretrained, device=device, hardware=environment.hardware(device),
         versions=environment.versions(), classes=data.dataset.classes, num_classes=num_classes,
         image_size=params.image_size, param_count=total, trainable_params=trainable, size_mb=size_mb(model),
-        gmacs=macs,
+        gmacs=macs, precision=setup.speed.precision, memory_format=setup.speed.layout,
+        speed_source=setup.speed.source,
         data={
             "root": data.dataset.root, "notes": data.dataset.notes,
             "sizes": {s: len(t) for s, t in data.splits.items()},
