@@ -20,7 +20,9 @@ from studylib.stages.cost.projections import NOT_MEASURED
 from studylib.stages.cost.readers import deploy_latency_ms, deploy_throughput
 from studylib.stages.cost.record import cost_record
 from studylib.stages.cost.tables import cost_tables
-from studylib.views.cost import breakdown_figure, pareto_figure, projection_matrix, runs_view, targets_view
+from studylib.views.cost import (models_view, projection_matrix, runs_view, study_total, targets_view, unmeasured_machines,
+                                 unreached_targets)
+from studylib.views.cost_figures import breakdown_figure, pareto_figure
 
 ROOT = Path(__file__).resolve().parent.parent
 CPU = "Fake Xeon 9000"
@@ -191,9 +193,16 @@ def test_projection_only_through_a_measured_ratio(records, book):
     for rid, m in [("train-c", "gcp-v100-vm"), ("train-a", "aws-ml.g4dn.xlarge"), ("train-a", "aws-ml.c5.9xlarge")]:
         r = row(p, run_id=rid, machine=m)
         assert r.status == NOT_MEASURED and pd.isna(r.train_cost)
-    assert set(p.machine) == {"this machine", "gcp-v100-vm", "aws-ml.c5.9xlarge", "aws-ml.g4dn.xlarge"}  # no AutoML
+    assert set(p.machine) == {"this machine", "gcp-v100-vm", "aws-ml.c5.9xlarge", "aws-ml.g4dn.xlarge",
+                              "aws-m7a.large"}  # no AutoML
+    # the page's matrix: a column only for the machines where some run's cost is known; the others are named
     matrix = projection_matrix(p)
-    assert matrix.loc[("clothing10", "shufflenet_v2_x0_5", 0, "train-c"), "gcp-v100-vm"] == NOT_MEASURED
+    assert list(matrix.columns) == ["gcp-v100-vm", "this machine"]
+    # a and b are the same model and seed (on two machines): the rows add the run id's last part to tell them apart
+    assert matrix.loc[("clothing10", "shufflenet_v2_x0_5", "0", "c"), "gcp-v100-vm"] == NOT_MEASURED
+    assert matrix.loc[("clothing10", "mobilenet_v3_small", "0", "a"), "gcp-v100-vm"] == "0.10 USD (projected)"
+    assert matrix.loc[("clothing10", "mobilenet_v3_small", "0", "a"), "this machine"] == "1.00 USD"
+    assert unmeasured_machines(p) == ["aws-m7a.large", "aws-ml.c5.9xlarge", "aws-ml.g4dn.xlarge"]
 
 
 def test_hardware_without_a_price_stays_unpriced(records, book):
@@ -244,7 +253,7 @@ def test_figures_render(records, book):
     fig = pareto_figure(t.runs, t.serving)
     assert len(fig.axes) == 4  # two datasets x (cost, latency)
     fig2 = breakdown_figure(t.breakdown)
-    assert fig2.axes[0].get_legend() is not None
+    assert len(fig2.legends) == 1 and len(fig2.legends[0].get_texts()) == 4   # the four phases, below the bars
     bd = t.breakdown.set_index(["dataset", "model"])
     assert bd.loc[("clothing10", "shufflenet_v2_x0_5"), "tuning"] == pytest.approx(1.5)
     assert bd.loc[("food101", "(data prep, once per dataset)"), "data prep"] == pytest.approx(0.1)
@@ -347,7 +356,7 @@ def test_cost_notebook_renders_in_the_book(study_env, tmp_path, records):
                                       "    suppress_warnings: ['mystnb.unknown_mime_type']\n")
     (book / "_toc.yml").write_text("format: jb-book\nroot: index\nchapters:\n- file: cost/cost-fake\n")
     (book / "index.md").write_text(
-        "# Results\n\nThis machine costs {glue:text}`cost/cost-fake.ipynb::cost_this_machine_price:s`.\n\n"
+        "# Results\n\n```{glue} cost_total\n:doc: cost/cost-fake.ipynb\n```\n\n"
         "Accuracy against cost:\n\n```{glue} cost_pareto\n:doc: cost/cost-fake.ipynb\n```\n\n"
         "```{glue} cost_runs_table\n:doc: cost/cost-fake.ipynb\n```\n")
     jb = Path(sys.executable).parent / "jupyter-book"
@@ -357,8 +366,9 @@ def test_cost_notebook_renders_in_the_book(study_env, tmp_path, records):
     page = (html / "cost" / "cost-fake.html").read_text()
     index = (html / "index.html").read_text()
     # the Pareto and time figures are images on the cost page, and the pasted figure and table on the other
-    assert page.count("<img") >= 2 and "Pareto" in page
-    assert re.search(r"This machine costs (<[^>]+>)?2 USD per hour(<[^>]+>)?\.", index)  # a glued number
+    assert page.count("<img") >= 2 and "Pareto" in page and "Show code cell source" in page
+    # a glued sentence: the whole study at this machine's 2.00 USD/h and the V100's 1.91 (see test_dollars_per_run...)
+    assert "The whole study cost 10.60 USD" in index
     assert "<img" in index and "Accuracy against cost" in index            # the pasted figure
     assert "shufflenet_v2_x0_5" in index and "resnet50" in index            # the pasted table
     for src in re.findall(r'<img[^>]+src="([^"]+)"', page + index):
@@ -419,3 +429,59 @@ def test_a_record_that_does_not_validate_names_its_run_and_field(records, book):
     broken[0]["test"]["top5"] = 0.9
     with pytest.raises(StudyError, match=r"record 'tune-c' is not a valid TuneRecord: its field 'tuning_seconds'"):
         tables(broken, book)
+
+
+# --------------------------------------------------------------------------- the page's views
+
+def test_the_study_machine_is_priced_as_its_nearest_public_equivalent():
+    # the quick study's VM labels itself "AMD EPYC (2 CPUs)": priced as prices.yaml's m7a.large, with source and date
+    epyc = train_record("train-e", [epoch(1, 3000, 600, 0.6)], eval_seconds=0, top1=0.6)
+    epyc["hardware"]["cpu_model"] = "AMD EPYC"
+    book = load_prices()
+    m7a = book.prices["aws-m7a.large"]
+    assert m7a.price == 0.11592 and "aws.amazon.com/ec2/pricing" in m7a.source and m7a.date.isoformat() == "2026-11-30"
+    run = cost_tables([epyc], book, this_machine=["AMD EPYC (2 CPUs)"]).runs.iloc[0]
+    assert run.machine == "aws-m7a.large" and run.training_cost == pytest.approx(3600 / 3600 * 0.11592)
+    # a price the user sets for this machine wins over the entry its hardware matches
+    mine = cost_tables([epyc], load_prices(this_machine_price=0.5), this_machine=["AMD EPYC (2 CPUs)"]).runs.iloc[0]
+    assert mine.machine == "this machine" and mine.training_cost == pytest.approx(0.5)
+    # no placeholder: this machine, unmatched and not priced by the user, leaves its runs unpriced
+    assert book.prices["this machine"].price is None
+    other = cost_tables(records_on("Some Xeon"), book, this_machine=["Some Xeon (2 CPUs)"])
+    assert other.runs.iloc[0].machine == "this machine" and pd.isna(other.runs.iloc[0].training_cost)
+    assert "its total has no price" in study_total(other) and "Some Xeon (2 CPUs)" in study_total(other)
+
+
+def records_on(cpu: str) -> list[dict]:
+    r = train_record("train-x1", [epoch(1, 60, 0, 0.6)], eval_seconds=0, top1=0.6)
+    r["hardware"]["cpu_model"] = cpu
+    return [r]
+
+
+def test_dollars_per_run_per_model_and_per_study(records, book):
+    t = tables(records, book)
+    # the whole study: train a 1.00 + b 0.0955 + c 2.00 + d 4.00; evaluation a 0.02 + b 0.0019 + c 0.04 + d 0.20;
+    # tuning 3.00 (once); data prep: clothing10's cache build of run a, 0.04, and food101's record, 0.20
+    total = 1.00 + 90 * 2 / 3600 * 1.91 + 2.00 + 4.00 + 0.02 + 3.6 / 3600 * 1.91 + 0.04 + 0.20 + 3.00 + 0.04 + 0.20
+    assert f"**The whole study cost {total:.2f} USD**" in study_total(t)
+    models = models_view(t)
+    # mobilenet_v3_small: runs a (1.00 + 0.02) and b (0.0955 + 0.0019): mean per run 0.5587; all runs 1.1174
+    mv3 = models.loc[("clothing10", "mobilenet_v3_small")]
+    assert mv3["runs"] == "2" and mv3["cost per run (USD)"] == "0.56" and mv3["all runs and tuning (USD)"] == "1.12"
+    # shufflenet: one run, 2.04, and its 3.00 tuning search
+    assert models.loc[("clothing10", "shufflenet_v2_x0_5"), "tuning (USD)"] == "3.00"
+    assert models.loc[("clothing10", "shufflenet_v2_x0_5"), "all runs and tuning (USD)"] == "5.04"
+    assert list(models.index) == sorted(models.index, key=lambda k: {"mobilenet_v3_small": 0, "shufflenet_v2_x0_5": 1,
+                                                                        "resnet50": 2}[k[1]])   # cheapest run first
+
+
+def test_targets_reached_by_no_run_get_no_column(records, book):
+    t = tables(records, book)
+    view = targets_view(t.targets)
+    # every run has targets 0.5, 0.7, 0.8: none reached 0.8, so 0.8 is a sentence, not a column of "not reached"
+    assert unreached_targets(t.targets) == [0.8]
+    assert list(view.columns) == ["val top-1 ≥ 0.5: USD (minutes)", "val top-1 ≥ 0.7: USD (minutes)"]
+    # mobilenet_v3_small reached 0.5 cheapest on the V100 (run b: 90 s at 1.91 USD/h = 0.048 USD, 1.5 minutes)
+    assert view.loc[("clothing10", "mobilenet_v3_small"), "val top-1 ≥ 0.5: USD (minutes)"] == "0.05 (1.5 min)"
+    # shufflenet's only run never reached 0.7
+    assert view.loc[("clothing10", "shufflenet_v2_x0_5"), "val top-1 ≥ 0.7: USD (minutes)"] == NOT_REACHED

@@ -57,18 +57,20 @@ class Machines:
     def entry(self, label: str) -> str | None:
         """The price entry a hardware label is priced at, or None when no entry prices it.
 
-        In order: the user's explicit mapping; a vm entry whose `match` occurs in the label;
-        this machine when the label is one of this machine's labels.
+        In order: the user's explicit mapping; this machine when the label is one of this machine's
+        labels and the user gave it a price; a vm entry whose `match` occurs in the label; this machine
+        (unpriced) for its other labels.
         """
         if label in self.hardware_prices:
             return self.hardware_prices[label]
+        mine = label in self.this_machine
+        if mine and self.book.prices[THIS_MACHINE].price is not None:
+            return THIS_MACHINE
         low = label.lower()
         for name, p in self.book.vms().items():
             if any(m.lower() in low for m in p.match):
                 return name
-        if label in self.this_machine:
-            return THIS_MACHINE
-        return None
+        return THIS_MACHINE if mine else None
 
     def entry_of(self, rec, default: str | None = None) -> str | None:
         """The entry a record's hardware is priced at; `default` when the record names no hardware."""

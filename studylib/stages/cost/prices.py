@@ -38,7 +38,7 @@ class Price(BaseModel):
     instance: str = Field(min_length=1)
     gpu: Optional[str]
     kind: Literal["vm", "automl"]
-    price: float = Field(ge=0, allow_inf_nan=False)
+    price: Optional[float] = Field(ge=0, allow_inf_nan=False)   # None: not priced (this machine until the user sets it)
     currency: Literal[CURRENCIES]
     unit: Literal[UNITS]
     source: str = Field(min_length=1)
@@ -82,8 +82,8 @@ class PriceBook:
         return {k: p for k, p in self.prices.items() if p.kind == "vm"}
 
     def price_of(self, entry: str | None) -> tuple[float | None, str | None]:
-        """An entry's hourly price and currency; (None, None) for no entry."""
-        if entry is None or entry not in self.prices:
+        """An entry's hourly price and currency; (None, None) for no entry or an entry with no price."""
+        if entry is None or entry not in self.prices or self.prices[entry].price is None:
             return None, None
         p = self.prices[entry]
         return p.price, p.currency

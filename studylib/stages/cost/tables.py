@@ -41,6 +41,7 @@ class CostTables:
     serving: pd.DataFrame
     projections: pd.DataFrame
     breakdown: pd.DataFrame
+    costs: pd.DataFrame
     automl: pd.DataFrame
     notes: list[str]
 
@@ -59,7 +60,7 @@ def cost_tables(records: list[dict], book: PriceBook, this_machine: list[str] | 
         runs=runs, targets=targets, cheapest=cheapest_to_target(targets),
         serving=serving_table(study.deploys, study.trains, machines, notes),
         projections=projections_table(study.trains, machines),
-        breakdown=time_breakdown(runs),
+        breakdown=time_breakdown(runs), costs=cost_breakdown(runs),
         automl=automl_table(book, study.trains, runs),
         notes=notes,
     )
@@ -193,16 +194,19 @@ def run_tables(study: StudyRecords, tunes: list[TuneRecord], machines: Machines,
         prep, prep_source = prep_parts(t.dataset, 0.0, machine)
         parts = {"data prep": prep, "tuning": [(x.tuning_seconds, machines.entry_of(x, machine)) for x in ts],
                  "training": [(retrain, machine)]}
+        # its test pass is not timed in the tune record: evaluation counts 0 here, and a note says so
+        parts["evaluation"] = [(0.0, machine)]
         costs, missing = phase_costs(parts, book)
         if missing:
             notes.append(f"{rid}: the tuned run was trained by an earlier tune process and its train record is not "
                          "in the results, so its training cost is left empty.")
+        notes.append(f"{rid}: the tuned run was trained by its tune notebook, whose record does not time its test "
+                     "pass, so its evaluation counts 0.")
         rows.append({"run_id": rid, "stage": "tune", "dataset": t.dataset, "model": t.model,
                      "seed": seed_of(t), "device": t.device, "hardware": label or "unknown",
                      "machine": machine or NO_PRICE, "price per hour": price, "currency": currency,
                      "test top-1": t.tuned_test_top1, "epochs": t.epochs,
-                     "data prep source": prep_source, "tuning source": ", ".join(x.run_id for x in ts),
-                     "evaluation_seconds": None, "evaluation_cost": None, **costs})
+                     "data prep source": prep_source, "tuning source": ", ".join(x.run_id for x in ts), **costs})
     return pd.DataFrame(rows, columns=RUN_COLUMNS), pd.DataFrame(target_rows, columns=TARGET_COLUMNS)
 
 
@@ -253,20 +257,38 @@ def serving_table(deploys: list[DeployRecord], trains: list[TrainRecord], machin
 def time_breakdown(runs: pd.DataFrame) -> pd.DataFrame:
     """Hours per phase, per dataset and model (seeds summed); each tune search and each dataset's data prep
     counted once, however many rows they are charged to."""
-    cols = ["dataset", "model", *PHASES]
+    return phase_breakdown(runs, "seconds")
+
+
+def cost_breakdown(runs: pd.DataFrame) -> pd.DataFrame:
+    """What `time_breakdown` counts, priced: cost per phase, per dataset and model, in each run's currency
+    (a `currency` column); a phase with an unpriced part is empty (NaN)."""
+    return phase_breakdown(runs, "cost")
+
+
+def phase_breakdown(runs: pd.DataFrame, what: str) -> pd.DataFrame:
+    """Per dataset and model, the runs' `<phase>_<what>` summed over seeds ("seconds" come back as hours);
+    a dataset's data prep is one row of its own, paid once; each tune search is counted once."""
+    cols = ["dataset", "model", *PHASES] + (["currency"] if what == "cost" else [])
     if runs.empty:
         return pd.DataFrame(columns=cols)
+    unit = hours if what == "seconds" else (lambda x: x)
+
+    def total(values: pd.Series):
+        return None if values.isna().any() else unit(float(values.sum()))
+
     rows = []
     for ds, g in runs.groupby("dataset", sort=True):
+        currency = {"currency": "/".join(sorted(g["currency"].dropna().unique()))} if what == "cost" else {}
         # a dataset's data prep is paid once: its data_prep records', or every run's own cache build
         once = g["data prep source"].str.startswith("data_prep record")
-        prep = g.loc[once, "data_prep_seconds"].max() if once.all() else g["data_prep_seconds"].fillna(0).sum()
-        rows.append({"dataset": ds, "model": "(data prep, once per dataset)", "data prep": hours(prep or 0.0),
-                     "tuning": 0.0, "training": 0.0, "evaluation": 0.0})
+        prep = g.loc[once, f"data_prep_{what}"].max() if once.all() else total(g[f"data_prep_{what}"])
+        rows.append({"dataset": ds, "model": "(data prep, once per dataset)",
+                     "data prep": None if prep is None or pd.isna(prep) else unit(prep),
+                     "tuning": 0.0, "training": 0.0, "evaluation": 0.0, **currency})
         for model, m in g.groupby("model", sort=True):
             tuned = m[m["tuning source"] != "not tuned"].drop_duplicates("tuning source")
-            rows.append({"dataset": ds, "model": model, "data prep": 0.0,
-                         "tuning": hours(tuned["tuning_seconds"].fillna(0).sum()),
-                         "training": hours(m["training_seconds"].fillna(0).sum()),
-                         "evaluation": hours(m["evaluation_seconds"].fillna(0).sum())})
+            rows.append({"dataset": ds, "model": model, "data prep": 0.0, "tuning": total(tuned[f"tuning_{what}"]),
+                         "training": total(m[f"training_{what}"]), "evaluation": total(m[f"evaluation_{what}"]),
+                         **currency})
     return pd.DataFrame(rows, columns=cols)
