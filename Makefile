@@ -1,5 +1,6 @@
 # make setup  - create .venv (if missing) and install studylib with its dependencies; idempotent
-# make test   - setup, then the test suite
+# make test   - setup, then the test suite (all of it; about 5 minutes on 2 cores)
+# make test-fast - setup, then the tests not marked slow (no notebook, grid, server or book build): the edit-test loop
 # make study  - setup, a short benchmark of the quick study's models, the default study (params/quick.yaml), then the book
 #              DATA=/path/to/photos: the same on your own images (<class>/* or <split>/<class>/*), as study quick-<folder name>
 # make bench   - setup, then the full benchmark of the quick study's models (whole training split, 3 rounds)
@@ -8,7 +9,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup test study bench book clean-results
+.PHONY: setup test test-fast study bench book clean-results
 
 # The methods chapter's table, and what amp/channels_last "auto" choose: every quick-study model's bare step
 # in four settings (fp32/bf16 x NCHW/channels_last) vs the study's loop. `make study` runs a short version
@@ -26,6 +27,9 @@ $(STAMP): pyproject.toml
 
 test: setup
 	$(PY) -m pytest -q
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow"
 
 study: setup
 	@# DATA (from make's command line or the environment) reaches the commands as $$DATA: any path, spaces included.
