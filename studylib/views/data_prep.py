@@ -1,4 +1,5 @@
-"""Figures and tables of data_prep.ipynb: problems, class balance, image sizes, samples, crops, the cache."""
+"""Figures and tables of data_prep.ipynb: problems, class balance, image sizes, samples, crops, the cache.
+Tables come back as text with human column names and units (studylib.views.format)."""
 from __future__ import annotations
 
 from collections import Counter
@@ -13,6 +14,14 @@ from studylib.data.integrity import PROBLEM_KINDS, Integrity
 from studylib.data.registry import Dataset, Items
 from studylib.data.splits import SPLITS
 from studylib.stages.data_prep import class_counts
+from studylib.views.format import number, table
+
+CACHE_COLUMNS = {"images": "images", "skipped": "skipped", "seconds": "decoding (s)", "hit": "already cached",
+                 "mb": "size (MB)"}
+STORAGE_FIELDS = {"uri": "root", "mode": "storage mode", "local": "local copy", "files": "files", "bytes": "bytes",
+                  "list_seconds": "listing (s)", "prefetch_seconds": "copying first (s)", "fetched_files": "files fetched",
+                  "fetched_bytes": "bytes fetched", "fetch_seconds": "fetching on first use (s)",
+                  "first_pass_seconds": "first full pass (s)"}
 
 
 # --- tables --------------------------------------------------------------------------------
@@ -30,17 +39,48 @@ def problem_table(integrity: Integrity, limit_per_kind: int | None = None) -> pd
     if limit_per_kind is not None:
         seen: Counter = Counter()
         rows = [p for p in rows if (seen.update([p["kind"]]) or seen[p["kind"]] <= limit_per_kind)]
-    return pd.DataFrame(rows, columns=["kind", "split", "path", "detail", "effect"])
+    frame = pd.DataFrame(rows, columns=["kind", "split", "path", "detail", "effect"])
+    # a zero-width space after each slash lets a long path wrap in the book's column
+    return frame.assign(path=frame["path"].astype(str).str.replace("/", "/\u200b", regex=False))
+
+
+def params_view(run_params: dict) -> pd.DataFrame:
+    """The run's parameters, one per row."""
+    return pd.DataFrame({"value": {k: number(v) if v not in ("", {}, []) else "—" for k, v in run_params.items()}}
+                        ).rename_axis("parameter")
+
+
+def splits_text(splits: dict) -> str:
+    """Where the splits come from, as a sentence (Markdown)."""
+    where = (f" Manifest: `{splits['manifest']}` ({'written now' if splits['written'] else 'read from an earlier run'})."
+             if splits.get("manifest") else "")
+    return f"Splits: {splits['source']}.{where}"
+
+
+def sizes_table(sizes: dict) -> pd.DataFrame:
+    """Width, height (pixels) and aspect ratio of the files: minimum, quartiles, maximum."""
+    names = {"width": "width (px)", "height": "height (px)", "aspect_w_over_h": "aspect ratio (width / height)"}
+    frame = pd.DataFrame({names[k]: sizes[k] for k in names}).T.rename(
+        columns={"min": "smallest", "p25": "25th percentile", "median": "median", "p75": "75th percentile", "max": "largest"})
+    return pd.DataFrame({c: [number(v, 3) for v in frame[c]] for c in frame}, index=frame.index)
 
 
 def cache_table(rows: list[dict]) -> pd.DataFrame:
-    return pd.DataFrame(rows).set_index(["image_size", "split"])
+    """The tensor cache per image size and split: images, skipped files, decoding seconds, hit, size."""
+    frame = pd.DataFrame(rows).set_index(["image_size", "split"]).rename_axis(["image size (px)", "split"])
+    return table(frame[list(CACHE_COLUMNS)].rename(columns=CACHE_COLUMNS), {"decoding (s)": 2, "size (MB)": 3})
 
 
 def stats_table(stats: dict) -> pd.DataFrame:
     """Channel mean and std of the train split per image size: rows size, columns mean/std x R/G/B."""
-    return pd.DataFrame({size: {f"{what} {ch}": v[what][k] for what in ("mean", "std") for k, ch in enumerate("RGB")}
-                         for size, v in stats.items()}).T.rename_axis("image size (px)")
+    frame = pd.DataFrame({size: {f"{what} {ch}": v[what][k] for what in ("mean", "std") for k, ch in enumerate("RGB")}
+                          for size, v in stats.items()}).T.rename_axis("image size (px)")
+    return table(frame, 3)
+
+
+def storage_table(report: dict) -> pd.DataFrame:
+    """What reading from object storage took: the listing, the copy or the fetches, the first pass."""
+    return pd.DataFrame({"value": {STORAGE_FIELDS.get(k, k): number(v) for k, v in report.items() if v is not None}})
 
 
 # --- figures -------------------------------------------------------------------------------
@@ -60,7 +100,7 @@ def imbalance_plot(ds: Dataset):
 
 def size_plot(integrity: Integrity):
     ok = [f for f in integrity.facts if f.width and f.height]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.5))
+    fig, (a, b) = plt.subplots(1, 2, figsize=(8.5, 3.4))
     if ok:
         w = np.array([f.width for f in ok])
         h = np.array([f.height for f in ok])

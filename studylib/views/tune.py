@@ -13,6 +13,7 @@ from optuna.trial import TrialState
 
 from studylib.errors import ParameterError
 from studylib.stages.tune import Retrained, TuneParams, final_val, short, state_totals, trial_seconds
+from studylib.views.format import table
 
 
 def space_frame(space: dict) -> pd.DataFrame:
@@ -27,16 +28,26 @@ def space_frame(space: dict) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("parameter")
 
 
+def _params(params: dict) -> str:
+    """A trial's parameters in one cell a reader can read (and the column can wrap): 3 significant digits."""
+    return ", ".join(f"{k.replace('_', ' ')} {v:g}" if isinstance(v, float) else f"{k.replace('_', ' ')} {v}"
+                     for k, v in short(params).items())
+
+
 def trials_frame(study: optuna.Study) -> pd.DataFrame:
-    """One row per trial: state, value (val top-1; for a pruned trial its last report), epochs, seconds, params."""
+    """One row per trial: state, value (val top-1; for a pruned trial its last report), epochs, seconds, params,
+    and the worker that ran it when several did."""
     rows = []
     for t in study.trials:
         last = t.intermediate_values[max(t.intermediate_values)] if t.intermediate_values else None
         rows.append({"trial": t.number, "state": t.state.name,
-                     "val_top1": t.value if t.value is not None else last,
+                     "val top-1": t.value if t.value is not None else last,
                      "epochs": len(t.intermediate_values), "seconds": round(trial_seconds(t), 1),
-                     **short(t.params), "worker": t.user_attrs.get("worker")})
-    return pd.DataFrame(rows).set_index("trial") if rows else pd.DataFrame()
+                     "parameters": _params(t.params), "worker": t.user_attrs.get("worker")})
+    frame = pd.DataFrame(rows).set_index("trial") if rows else pd.DataFrame()
+    if not frame.empty and frame["worker"].nunique(dropna=False) <= 1:
+        frame = frame.drop(columns="worker")
+    return frame
 
 
 def best_and_worst(study: optuna.Study) -> pd.DataFrame:
@@ -45,17 +56,28 @@ def best_and_worst(study: optuna.Study) -> pd.DataFrame:
     if not done:
         return pd.DataFrame()
     best, worst = max(done, key=lambda t: t.value), min(done, key=lambda t: t.value)
-    return pd.DataFrame([{"": name, "trial": t.number, "val_top1": t.value, **short(t.params),
+    return pd.DataFrame([{"": name, "trial": t.number, "val top-1": t.value, "parameters": _params(t.params),
                           "seconds": round(trial_seconds(t), 1)} for name, t in (("best", best), ("worst", worst))]
                         ).set_index("")
 
 
 def time_by_state(study: optuna.Study, epochs: int) -> pd.DataFrame:
-    """Trials, seconds and epochs trained per state; 'epochs saved' is what pruning spared."""
+    """Trials, seconds and epochs trained per state; 'epochs saved' is what pruning spared; the share of
+    seconds as a fraction (the notebook shows it as a percentage)."""
     frame = pd.DataFrame.from_dict(state_totals(study, epochs), orient="index")
     if not frame.empty:
         frame["share of seconds"] = frame["seconds"] / frame["seconds"].sum()
     return frame
+
+
+def time_view(study: optuna.Study, epochs: int) -> pd.DataFrame:
+    """time_by_state as the book shows it: whole numbers, seconds to 3 digits, the share of seconds in percent."""
+    frame = time_by_state(study, epochs)
+    if frame.empty:
+        return frame
+    out = table(frame.drop(columns="share of seconds"), 3)
+    out["share of seconds"] = frame["share of seconds"].map(lambda x: f"{100 * x:.0f}%")
+    return out
 
 
 PLOTS = ("optimization_history", "intermediate_values", "param_importances", "parallel_coordinate", "slice", "timeline")
@@ -102,10 +124,10 @@ def plot(study: optuna.Study, kind: str):
 def comparison(params: TuneParams, study: optuna.Study, r: Retrained) -> pd.DataFrame:
     """Default vs tuned hyperparameters: validation (search objective) and test (touched once per run)."""
     rows = {
-        "default": {"val_top1 (trial budget)": final_val(r.default), "test_top1": r.default["test"]["top1"],
-                    "test balanced accuracy": r.default["test"]["balanced_accuracy"], "run_id": r.default["run_id"]},
-        "tuned": {"val_top1 (trial budget)": final_val(r.tuned), "test_top1": r.tuned["test"]["top1"],
-                  "test balanced accuracy": r.tuned["test"]["balanced_accuracy"], "run_id": r.tuned["run_id"]},
+        "default": {"val top-1 (trial budget)": final_val(r.default), "test top-1": r.default["test"]["top1"],
+                    "test balanced accuracy": r.default["test"]["balanced_accuracy"], "run": r.default["run_id"]},
+        "tuned": {"val top-1 (trial budget)": final_val(r.tuned), "test top-1": r.tuned["test"]["top1"],
+                  "test balanced accuracy": r.tuned["test"]["balanced_accuracy"], "run": r.tuned["run_id"]},
     }
     frame = pd.DataFrame.from_dict(rows, orient="index")
     frame.loc["gain (tuned - default)"] = [frame.iloc[1, i] - frame.iloc[0, i] for i in range(3)] + [""]
