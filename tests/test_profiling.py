@@ -49,13 +49,19 @@ def test_profile_steps_reports_top_operators_and_leaves_the_model_alone(one_thre
 
 
 def test_utilisation_sampler_samples_while_the_block_runs():
+    # The block runs until the sampler has taken 5 samples (a busy machine may delay its thread): no
+    # count within fixed seconds, only a generous limit.
+    t = time.perf_counter()
     with UtilisationSampler("cpu", interval=0.05) as sampler:
-        t = time.perf_counter()
         x = torch.randn(256, 256)
-        while time.perf_counter() - t < 0.4:
+        while len(sampler.rows) < 5:
+            assert time.perf_counter() - t < 60, f"the sampler took {len(sampler.rows)} samples in 60 s"
             x = (x @ x).tanh()
+    elapsed = time.perf_counter() - t
     s = sampler.summary()
-    assert s["samples"] >= 3 and s["sampling_interval_seconds"] == 0.05
+    assert s["samples"] >= 5 and s["sampling_interval_seconds"] == 0.05
+    assert s["process_cpu_percent_max"] > 0             # this process computed while it was sampled
+    assert 0 < s["sampled_seconds"] <= elapsed + 0.01   # the samples' clock starts with the block (2 decimals)
     assert 0 <= s["cpu_percent_mean"] <= s["cpu_percent_max"] <= 100
     assert 0 <= s["process_cpu_percent_mean"] <= 100 and s["rss_peak_sampled_mb"] > 0
     assert s["gpu_name"] is None and s["gpu_percent_mean"] is None     # no GPU here: nothing invented
