@@ -1,4 +1,5 @@
-"""A tiny trained run shared by test_export.py and test_serve.py: trained and exported once per session.
+"""A tiny trained run shared by test_export.py and test_serve.py: trained and exported once per session
+(and a second model's run on the same data, for the every-model serving table).
 
 The run lives under the session's study_env folders; later callers find its record.json and reuse it.
 """
@@ -40,12 +41,12 @@ def make_dataset(root: Path) -> Path:
     return root
 
 
-@functools.lru_cache(maxsize=1)
-def trained_run() -> tuple[str, Path]:
-    """(run id, run folder) of a one-epoch smallvgg1 run at 32 px on the tiny dataset."""
+@functools.lru_cache(maxsize=None)
+def trained_run(model: str = "smallvgg1") -> tuple[str, Path]:
+    """(run id, run folder) of a one-epoch run of `model` (smallvgg1 unless asked) at 32 px on the tiny dataset."""
     base = Path(os.environ["STUDYLIB_RUNS"]).parent
     root = make_dataset(base / "deploy-data")
-    params = TrainParams(dataset="imagefolder", root=str(root), model="smallvgg1", epochs=1, image_size=32,
+    params = TrainParams(dataset="imagefolder", root=str(root), model=model, epochs=1, image_size=32,
                          batch_size=16, device="cpu", amp=False)
     rid = run_id("train", params.run_params())
     folder = Path(os.environ["STUDYLIB_RUNS"]) / rid

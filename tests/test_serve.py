@@ -11,6 +11,7 @@ import urllib.request
 import zlib
 from pathlib import Path
 
+import nbformat
 import numpy as np
 import pytest
 from PIL import Image
@@ -300,8 +301,23 @@ def test_deploy_notebook_end_to_end(run, tmp_path):
     pm.execute_notebook(str(ROOT / "notebooks" / "deploy.ipynb"), str(out), cwd=str(tmp_path), progress_bar=False,
                         kernel_name="python3", parameters=dict(run=run[0], concurrency=[1, 3], max_requests=30,
                                                                max_seconds=3.0, warmup=1, threads=1,
-                                                               calibration_images=16, paired_rounds=2))
+                                                               calibration_images=16, paired_rounds=2,
+                                                               serving_runs=[trained_run("smallvgg2")[0]],
+                                                               latency_calls=3, batch_size=8, throughput_calls=1))
     rec = DeployRecord.model_validate(sb.read_notebook(str(out)).scraps["record"].data)
+    # every model's row: the served run first (its own export's numbers), then the second model
+    assert [(m.model, m.run_id) for m in rec.models] == [("smallvgg1", run[0]), ("smallvgg2", trained_run("smallvgg2")[0])]
+    served = rec.models[0]
+    assert (served.fp32_top1, served.int8_top1) == (rec.onnx_top1, rec.int8_top1)
+    assert (served.fp32_mb, served.int8_mb) == (rec.sizes_mb["onnx"], rec.sizes_mb["onnx_int8"])
+    assert all(m.batch_size == 8 and m.int8_mb < m.fp32_mb and m.latency_ms > 0 for m in rec.models)
+    nb = nbformat.read(out, as_version=4)
+    tables = [o["data"]["text/html"] for c in nb.cells if c.cell_type == "code" for o in c.outputs
+              if "batch-1 latency (ms)" in o.get("data", {}).get("text/html", "")]
+    assert len(tables) == 1 and all(m.model in tables[0] for m in rec.models)
+    source = nbformat.read(ROOT / "notebooks" / "deploy.ipynb", as_version=4)
+    assert all({"hide-input", "remove-input", "remove-cell"} & set(c.metadata.get("tags", []))
+               for c in source.cells if c.cell_type == "code"), "the book hides every code cell"
     assert rec.status == "ok" and rec.stage == "deploy" and rec.train_run_id == run[0]
     assert rec.served["images"] == 18 and rec.served_agreement == 1.0 and rec.served["errors"] == []
     assert rec.served_top1 == rec.onnx_top1 == rec.pytorch_top1 == run[2]["test"]["top1"]

@@ -1,8 +1,9 @@
 """The deploy stage (notebooks/deploy.ipynb): its parameters, the served-against-offline check, its record.
 
-The work itself lives in studylib.serve.export (files and their checks), studylib.serve.predictor and
-studylib.serve.server (the model and the server) and studylib.serve.loadtest (the client's measurements);
-the notebook's tables and figures are in studylib.views.deploy.
+The work itself lives in studylib.serve.export (files and their checks), studylib.serve.benchmark (every
+model's ONNX Runtime numbers), studylib.serve.predictor and studylib.serve.server (the model and the server)
+and studylib.serve.loadtest (the client's measurements); the notebook's tables and figures are in
+studylib.views.deploy.
 """
 from __future__ import annotations
 
@@ -10,12 +11,13 @@ from pathlib import Path
 from typing import ClassVar, Literal
 
 import numpy as np
-from pydantic import field_validator
+from pydantic import field_validator, model_validator
 
 from studylib import environment
 from studylib.errors import ParameterError
 from studylib.params import NonNegativeInt, PositiveInt, StageParams
 from studylib.record import DeployRecord, run_id
+from studylib.serve.benchmark import SpeedSettings
 from studylib.serve.export import resolve_run
 from studylib.serve.predictor import Predictor
 
@@ -35,8 +37,12 @@ class DeployParams(StageParams):
     max_requests: PositiveInt = 1000     # per concurrency level (and for the in-process ceiling)
     max_seconds: float = 15.0            # per concurrency level
     paired_rounds: PositiveInt = 10      # HTTP overhead: alternating rounds of HTTP and in-process requests
-    warmup: NonNegativeInt = 5           # uncounted requests per client before each level
-    calibration_images: PositiveInt = 256  # train images for int8 calibration
+    warmup: NonNegativeInt = 5           # uncounted requests per client before each level (and batch-1 calls per model)
+    calibration_images: PositiveInt = 64   # train images for int8 calibration (every model's)
+    serving_runs: list[str] = []         # train runs of run's dataset timed side by side (the grid: each model's best-val run); run always is
+    latency_calls: PositiveInt = 20      # per model: timed batch-1 ONNX Runtime calls (the median is reported)
+    batch_size: PositiveInt = 64         # per model: images per call for the throughput
+    throughput_calls: PositiveInt = 3    # per model: timed batches for the throughput
     deploy_run_id: str = ""              # the record's run id (the grid passes its cell's); "" means derived
 
     @field_validator("run")
@@ -59,12 +65,49 @@ class DeployParams(StageParams):
             raise ParameterError("concurrency", v, "a non-empty list of client counts between 1 and 256")
         return v
 
+    @field_validator("serving_runs")
+    @classmethod
+    def _serving_runs(cls, v):
+        for run in v:
+            try:
+                resolve_run(run)
+            except ParameterError as err:
+                raise ParameterError("serving_runs", run, f"a list of {err.allowed}") from None
+        return v
+
+    @model_validator(mode="after")
+    def _one_dataset(self):
+        def data(run: str) -> str:
+            record = resolve_run(run)[1]
+            root = record["params"].get("root") or ""
+            return f"{record['dataset']} ({root})" if root else record["dataset"]
+        served = data(self.run)
+        for run in self.serving_runs:
+            if data(run) != served:
+                raise ParameterError("serving_runs", run, f"a list of train runs on run's data, {served} (this one is on {data(run)})")
+        return self
+
     def train_run(self) -> tuple[Path, dict]:
         return resolve_run(self.run)
 
     def server_options(self) -> dict:
         return {"backend": self.backend, "precision": self.precision, "threads": self.threads,
                 "workers": self.workers, "top_k": self.top_k, "spinning": self.spinning}
+
+    def measured_runs(self) -> list[str]:
+        """The runs whose serving numbers the table shows: serving_runs in order, with run among them."""
+        ids = {run: resolve_run(run)[1]["run_id"] for run in [self.run, *self.serving_runs]}
+        given = self.serving_runs if ids[self.run] in {ids[r] for r in self.serving_runs} else [self.run, *self.serving_runs]
+        first = {}
+        for run in given:   # each run once, in its first place
+            first.setdefault(ids[run], run)
+        return list(first.values())
+
+    def speed_settings(self) -> SpeedSettings:
+        """How every model is timed: the served precision and threads, the per-model call counts."""
+        return SpeedSettings(precision=self.precision, threads=self.threads, spinning=self.spinning,
+                             latency_calls=self.latency_calls, batch_size=self.batch_size,
+                             throughput_calls=self.throughput_calls, warmup=self.warmup)
 
     def predictor(self, folder) -> Predictor:
         """The server's Predictor with the server's settings, for in-process measurements."""
@@ -96,10 +139,12 @@ def served_check(stream: dict, exported, backend: str, precision: str) -> dict:
 
 
 def make_record(params: DeployParams, train_record: dict, exported, served: dict, levels: list[dict],
-                ceiling: dict, pair: dict, server: dict, started_at: str, finished_at: str) -> dict:
+                ceiling: dict, pair: dict, server: dict, started_at: str, finished_at: str,
+                models: list[dict] | None = None) -> dict:
     """The deploy stage's record, validated against studylib.record.DeployRecord.
 
-    pair: studylib.serve.loadtest.paired's result; the HTTP overhead is its HTTP p50 minus its in-process p50."""
+    pair: studylib.serve.loadtest.paired's result; the HTTP overhead is its HTTP p50 minus its in-process p50.
+    models: studylib.serve.benchmark.measure_runs's rows, one per model."""
     s = exported.summary
     checks, sizes = s["checks"], s["sizes_mb"]
     int8 = checks.get("onnx_int8")
@@ -118,5 +163,5 @@ def make_record(params: DeployParams, train_record: dict, exported, served: dict
         served=served, served_agreement=served["agreement"], served_top1=served["top1"],
         load=levels, throughput=max(lv["throughput"] for lv in levels), latency_p50_ms=c1["p50_ms"],
         ceiling={**ceiling, "paired": pair}, inprocess_p50_ms=ceiling["p50_ms"], http_overhead_ms=pair["overhead_p50_ms"],
-        server=server, started_at=started_at, finished_at=finished_at,
+        server=server, models=models or [], started_at=started_at, finished_at=finished_at,
     ).model_dump(mode="json")

@@ -246,28 +246,39 @@ def expand_tune(grid: Grid, train: list[Cell]) -> list[Cell]:
     return cells
 
 
+def best_per_model(train):
+    """Per dataset and model, the ok train run with the best val top-1 (of the weights it saved; ties: the
+    faster, then the run id), never chosen on test; the best model of each dataset first."""
+    return (train.sort_values(["val_top1", "train_seconds", "run_id"], ascending=[False, True, True])
+            .groupby(["dataset", "model"], sort=False).head(1))
+
+
 def expand_deploy(grid: Grid, study: str) -> list[Cell]:
     """deploy.run "best": per dataset, the ok train run of this study with the best val top-1
-    (of the weights it saved), never chosen on test. Or explicit train run ids."""
+    (of the weights it saved), never chosen on test. Or explicit train run ids. Each cell also
+    times every model of its dataset side by side (serving_runs: best_per_model's runs, the served
+    run in its model's place)."""
     wanted = grid.deploy.run
     try:
         runs = load_runs(study)
         train = runs[(runs.stage == "train") & (runs.status == "ok")]
     except FileNotFoundError:
         train = None
+    per_model = best_per_model(train) if train is not None else None
     if wanted == "best":
         if train is None or train.empty:
             return []
-        best = (train.sort_values(["val_top1", "train_seconds", "run_id"], ascending=[False, True, True])
-                .groupby("dataset", sort=True).head(1))
+        best = per_model.groupby("dataset", sort=True).head(1)
         chosen = [(r.run_id, f"best of {r.dataset}: {r.model}, seed {r.seed}") for r in best.itertuples()]
     else:
         chosen = [(r, r) for r in ([wanted] if isinstance(wanted, str) else wanted)]
     cells = []
     for rid, title in chosen:
-        params = {"run": rid, **(grid.deploy.model_extra or {})}
         trained = train[train.run_id == rid].head(1) if train is not None else []
         named = {"dataset": trained.dataset.iloc[0], "model": trained.model.iloc[0]} if len(trained) else {}
+        serving = ([rid if r.model == named["model"] else r.run_id
+                    for r in per_model[per_model.dataset == named["dataset"]].itertuples()] if named else [])
+        params = {"run": rid, **({"serving_runs": serving} if serving else {}), **(grid.deploy.model_extra or {})}
         deploy_id = run_id("deploy", {**named, **params})   # readable: deploy-<dataset>-<model>-<hash>
         # the notebook's record takes the cell's id (deploy.ipynb's deploy_run_id parameter)
         cells.append(Cell("deploy", deploy_id, {**params, "deploy_run_id": deploy_id}, title=title))

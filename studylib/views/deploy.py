@@ -1,22 +1,69 @@
-"""Figures and tables of deploy.ipynb: the exports side by side, latency and throughput under load."""
+"""Figures and tables of deploy.ipynb: every model's serving numbers, the served run's exports side by side,
+latency and throughput under load. Tables come back as text: human column names with units, and one
+number of decimals per column (whole numbers without any)."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import pandas as pd
 
+MISSING = "—"
+FORMAT_NAMES = {"pytorch": "PyTorch checkpoint", "torch_export": "torch.export program", "onnx": "ONNX, fp32",
+                "onnx_int8": "ONNX, int8"}
+SERVING_COLUMNS = {"model": "model", "latency_ms": "batch-1 latency (ms)", "throughput": "throughput (images/s)",
+                   "fp32_mb": "fp32 size (MB)", "int8_mb": "int8 size (MB)", "fp32_top1": "fp32 test top-1 (%)",
+                   "int8_top1": "int8 test top-1 (%)"}
+
+
+def _missing(v) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v))
+
+
+def fixed(values, digits: int = 3, scale: float = 1.0, decimals: int | None = None, smallest: bool = False) -> list[str]:
+    """Numbers as text with one number of decimals: enough for `digits` significant digits of the largest
+    (of the smallest above zero, with smallest=True; or exactly `decimals`); a column of whole numbers gets
+    none; a missing value is a dash."""
+    nums = [float(v) * scale for v in values if not _missing(v)]
+    if decimals is None:
+        shown = [abs(v) for v in nums if v] if smallest else [abs(v) for v in nums]
+        ref = (min if smallest else max)(shown, default=0.0)
+        if all(v == int(v) for v in nums) or ref >= 10 ** (digits - 1):
+            decimals = 0
+        else:
+            decimals = digits - 1 if ref == 0 else digits - 1 - math.floor(math.log10(ref))
+    return [MISSING if _missing(v) else f"{float(v) * scale:,.{decimals}f}" for v in values]
+
+
+def serving_table(models: list[dict]) -> pd.DataFrame:
+    """One row per model (DeployRecord.models, in its order): ONNX Runtime batch-1 latency and batch throughput
+    on this CPU, the fp32 and int8 ONNX file sizes, and both files' test top-1 in percent."""
+    t = pd.DataFrame(models, columns=[*SERVING_COLUMNS, "batch_size"])
+    out = pd.DataFrame({"model": t["model"]})
+    out[SERVING_COLUMNS["latency_ms"]] = fixed(t["latency_ms"], digits=2, smallest=True)   # 0.81 next to 36.30
+    out[SERVING_COLUMNS["throughput"]] = fixed(t["throughput"], decimals=0)
+    for k in ("fp32_mb", "int8_mb"):
+        out[SERVING_COLUMNS[k]] = fixed(t[k])
+    for k in ("fp32_top1", "int8_top1"):
+        out[SERVING_COLUMNS[k]] = fixed(t[k], scale=100, decimals=1)
+    return out.set_index("model")
+
 
 def export_table(summary: dict) -> pd.DataFrame:
     """One row per format: file size, agreement with PyTorch on the test split, test top-1."""
-    rows = []
-    for fmt, check in summary["checks"].items():
-        rows.append({"format": fmt, "file": Path(summary["files"].get(fmt, summary["files"]["checkpoint"])).name,
-                     "size (MB)": summary["sizes_mb"].get(fmt, summary["sizes_mb"]["checkpoint"]),
-                     "max |logit diff| vs PyTorch": check["max_abs_diff"],
-                     "top-1 agreement vs PyTorch": check["top1_agreement"], "test top-1": check["top1"],
-                     "export seconds": summary["seconds"].get(fmt)})
-    return pd.DataFrame(rows).set_index("format")
+    checks = summary["checks"]
+    files = {f: summary["files"].get(f, summary["files"]["checkpoint"]) for f in checks}
+    diffs = [c["max_abs_diff"] for c in checks.values()]
+    return pd.DataFrame({
+        "format": [FORMAT_NAMES.get(f, f) for f in checks],
+        "file": [Path(files[f]).name for f in checks],
+        "size (MB)": fixed([summary["sizes_mb"].get(f, summary["sizes_mb"]["checkpoint"]) for f in checks]),
+        "largest logit difference from PyTorch": ["0" if d == 0 else f"{d:.1e}" for d in diffs],
+        "top-1 agrees with PyTorch (% of test images)": fixed([c["top1_agreement"] for c in checks.values()], scale=100, decimals=1),
+        "test top-1 (%)": fixed([c["top1"] for c in checks.values()], scale=100, decimals=1),
+        "export (s)": fixed([summary["seconds"].get(f) for f in checks], decimals=1),
+    }).set_index("format")
 
 
 def latency_table(levels: list[dict], ceiling: dict | None = None) -> pd.DataFrame:
@@ -26,7 +73,13 @@ def latency_table(levels: list[dict], ceiling: dict | None = None) -> pd.DataFra
         rows.append({"where": "in-process, 1 caller", "concurrency": 1, "requests": ceiling["requests"], "errors": 0,
                      "seconds": ceiling["seconds"], "throughput": ceiling["throughput"],
                      **{k: ceiling[k] for k in ("p50_ms", "p90_ms", "p99_ms", "mean_ms")}})
-    return pd.DataFrame(rows).set_index("where")
+    t = pd.DataFrame(rows)
+    out = pd.DataFrame({"where": t["where"], "requests": fixed(t["requests"]), "errors": fixed(t["errors"]),
+                        "window (s)": fixed(t["seconds"], decimals=1),
+                        "throughput (requests/s)": fixed(t["throughput"], decimals=0)})
+    for k in ("p50_ms", "p90_ms", "p99_ms", "mean_ms"):
+        out[f"{k[:-3]} latency (ms)"] = fixed(t[k])
+    return out.set_index("where")
 
 
 def latency_plot(levels: list[dict], ceiling: dict | None = None):
