@@ -1,1 +1,1 @@
-"""Serving a trained run: its exports (export), the model behind the server (predictor), the HTTP app (app), `studylib serve` (server), the load-test client (loadtest)."""
+"""Serving a trained run: its exports (export), every model's ONNX Runtime numbers (benchmark), the model behind the server (predictor), the HTTP app (app), `studylib serve` (server), the load-test client (loadtest)."""
