@@ -16,7 +16,7 @@ from pathlib import Path
 import yaml
 
 from studylib.paths import book_dir, project_root
-from studylib.study.execute import run_notebook
+from studylib.study.execute import hide_injected_parameters, run_notebook
 from studylib.study.manifest import STAGES, failed_path, read_manifest, running_path, source_notebook
 from studylib.util import atomic_write, atomic_write_text
 
@@ -41,6 +41,8 @@ def sync_sources() -> None:
         return
     for name in HAND_WRITTEN:
         shutil.copy2(src / name, dst / name)
+    if (src / "_static").is_dir():   # the book's stylesheet
+        shutil.copytree(src / "_static", dst / "_static", dirs_exist_ok=True)
     shutil.copy2(project_root() / "_config.yml", dst / "_config.yml")
 
 
@@ -67,10 +69,7 @@ def publish(running: Path, out: Path) -> None:
     import nbformat  # lazy: only the grid and `studylib collect` write report pages
 
     nb = nbformat.read(running, as_version=4)
-    for cell in nb.cells:
-        tags = cell.metadata.setdefault("tags", [])
-        if "injected-parameters" in tags and "remove-cell" not in tags:
-            tags.append("remove-cell")
+    hide_injected_parameters(nb)
     atomic_write(out, lambda path: nbformat.write(nb, path))
     running.unlink()
 

@@ -88,6 +88,15 @@ def timing(nb) -> dict:
     return out
 
 
+def hide_injected_parameters(nb) -> None:
+    """Tag papermill's injected-parameters cell `remove-cell`: the book shows each notebook's parameters
+    through its own table, and the injected cell would repeat them as code."""
+    for c in nb.cells:
+        tags = c.metadata.setdefault("tags", [])
+        if "injected-parameters" in tags and "remove-cell" not in tags:
+            tags.append("remove-cell")
+
+
 def execute_cell(cell: dict, out: str, cwd: str, source: str, worker=None) -> dict:
     """Run one cell (a manifest.Cell as a dict) into `out`. Never raises: returns what happened."""
     import nbformat  # lazy: only the runner's workers write notebooks
@@ -104,6 +113,7 @@ def execute_cell(cell: dict, out: str, cwd: str, source: str, worker=None) -> di
     nb = nbformat.read(running, as_version=4) if running.exists() else nbformat.v4.new_notebook(
         cells=[nbformat.v4.new_markdown_cell(f"# {cell['run_id']}\n\nThe notebook did not start:\n\n    {error}")])
     execution.update(timing(nb))
+    hide_injected_parameters(nb)
     nb.metadata["studylib"] = {"cell": cell, "execution": execution}
     if error:
         nb.metadata["studylib"]["record"] = failed_record(cell["stage"], cell["params"], error, cell["run_id"])

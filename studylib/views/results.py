@@ -16,6 +16,7 @@ import pandas as pd
 import seaborn as sns
 
 from studylib.uncertainty import compare, correct_matrix
+from studylib.views.format import table as format_table
 
 # column in runs.parquet -> (heading, format, scale)
 COLUMNS = {
@@ -315,7 +316,7 @@ def accuracy_vs_params(runs: pd.DataFrame):
 
 def styled(table: pd.DataFrame, caption: str = ""):
     """A table as the book shows it: no index, the theme's table style, text escaped."""
-    style = table.style.hide(axis="index").format(escape="html", precision=3)
+    style = format_table(table).style.hide(axis="index").format(escape="html")   # 6, not 6.000
     style = style.set_table_attributes('class="dataframe results-table"')
     return style.set_caption(caption) if caption else style
 
