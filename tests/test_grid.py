@@ -34,15 +34,15 @@ def write_grid(tmp_path, text: str) -> Path:
 def test_shipped_grids_validate():
     quick, cells = expand.load_grid(ROOT / "params" / "quick.yaml")
     train = cells["train"]
-    assert {c.params["model"] for c in train} == {"mnasnet0_5", "mobilenet_v3_small", "mobilenet_v3_large",
-                                                  "shufflenet_v2_x0_5", "shufflenet_v2_x1_0", "tiny_vit_5m_224",
-                                                  "smallvgg3_bn"}
+    models = {"mnasnet0_5", "mobilenet_v3_small", "mobilenet_v3_large", "shufflenet_v2_x0_5", "shufflenet_v2_x1_0",
+              "smallvgg3_bn"}
+    assert {c.params["model"] for c in train} == models
     assert all(c.params["dataset"] == "clothing10" and c.params["image_size"] == 64 for c in train)
-    seeds = {m: sorted(c.params["seed"] for c in train if c.params["model"] == m) for m in {c.params["model"] for c in train}}
-    assert seeds["shufflenet_v2_x0_5"] == seeds["mobilenet_v3_small"] == [0, 1]
-    assert seeds["mnasnet0_5"] == [0]
-    vit = [c for c in train if c.params["model"] == "tiny_vit_5m_224"]
-    assert vit[0].params["epochs"] == 2 and vit[0].params["epochs"] != [c for c in train if c.params["model"] == "mnasnet0_5"][0].params["epochs"]
+    seeds = {m: sorted(c.params["seed"] for c in train if c.params["model"] == m) for m in models}
+    assert seeds == {m: [0, 1, 2] for m in models}      # three seeds each: the pages rank with intervals
+    assert all(c.params["amp"] == c.params["channels_last"] == "auto" for c in train)
+    lrs = {c.params["model"]: c.params["lr"] for c in train}
+    assert lrs.pop("mobilenet_v3_large") == 3e-3 and set(lrs.values()) == {1e-2}   # the override applies to one model
     assert [c.params["dataset"] for c in cells["data_prep"]] == ["clothing10"]
     assert cells["data_prep"][0].params["image_sizes"] == [64]
 
@@ -53,7 +53,8 @@ def test_shipped_grids_validate():
     assert all(c.params["pretrained"] and c.params["image_size"] == 224 and c.params["optimizer"] == "adam"
                and c.params["lr"] == 1e-4 and c.params["batch_size"] == 32 and c.params["epochs"] == 10
                and not c.params["augment"] for c in study002)
-    assert {c.params["model"] for c in train} >= {"resnet50", "resnet101", "smallvgg1", "smallvgg3_bn_dropout"}
+    assert {c.params["model"] for c in train} >= {"resnet50", "resnet101", "smallvgg1", "smallvgg3_bn_dropout",
+                                                  "tiny_vit_5m_224"}
     l2 = sorted(c.params["weight_decay"] for c in train if c.params["model"] == "smallvgg3")
     assert l2 == [0.0, 5e-4]
 
