@@ -485,3 +485,20 @@ def test_targets_reached_by_no_run_get_no_column(records, book):
     assert view.loc[("clothing10", "mobilenet_v3_small"), "val top-1 ≥ 0.5: USD (minutes)"] == "0.05 (1.5 min)"
     # shufflenet's only run never reached 0.7
     assert view.loc[("clothing10", "shufflenet_v2_x0_5"), "val top-1 ≥ 0.7: USD (minutes)"] == NOT_REACHED
+
+
+def test_a_total_is_never_a_sum_of_two_currencies():
+    """Dollars and euros do not add up: a run whose phases are priced in two currencies has its phase costs
+    but no total, and a phase whose parts are in two currencies has no cost; one currency sums as usual."""
+    from studylib.stages.cost.tables import phase_costs
+    eur = load_prices(ROOT / "params" / "prices.yaml", this_machine_price=2.0, this_machine_currency="EUR")
+    usd = load_prices(ROOT / "params" / "prices.yaml", this_machine_price=2.0)
+    v100 = usd.price_of("gcp-v100-vm")
+    assert v100[1] == "USD"
+    mixed, _ = phase_costs({"data prep": [(3600.0, "this machine")], "training": [(3600.0, "gcp-v100-vm")]}, eur)
+    assert mixed["data_prep_cost"] == pytest.approx(2.0) and mixed["training_cost"] == pytest.approx(v100[0])
+    assert mixed["total_cost"] is None and mixed["total_seconds"] == 7200.0
+    within, _ = phase_costs({"training": [(3600.0, "this machine"), (3600.0, "gcp-v100-vm")]}, eur)
+    assert within["training_cost"] is None and within["total_cost"] is None
+    same, _ = phase_costs({"data prep": [(3600.0, "this machine")], "training": [(3600.0, "gcp-v100-vm")]}, usd)
+    assert same["total_cost"] == pytest.approx(2.0 + v100[0])

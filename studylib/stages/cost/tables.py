@@ -101,7 +101,7 @@ def machines_table(study: StudyRecords, machines: Machines) -> pd.DataFrame:
 
 def phase_costs(parts: dict[str, list[tuple]], book: PriceBook) -> tuple[dict, list[str]]:
     """Seconds and cost per phase from (seconds, machine) items, and the total when every part is priced
-    in one currency. A part with unknown seconds makes its phase unknown (None) and is named in the notes."""
+    in one currency (a phase whose parts are priced in two currencies has no cost, and so no total). A part with unknown seconds makes its phase unknown (None) and is named in the notes."""
     out, missing, total_c, complete, currencies = {}, [], 0.0, True, set()
     total_s = 0.0
     for phase, items in parts.items():
@@ -111,14 +111,17 @@ def phase_costs(parts: dict[str, list[tuple]], book: PriceBook) -> tuple[dict, l
             missing.append(phase)
             complete = False
             continue
-        secs, cost = sum(s for s, _ in items), 0.0
+        secs, cost, phase_currencies = sum(s for s, _ in items), 0.0, set()
         for s, m in items:
             p, c = book.price_of(m)
             if p is None:
                 cost = None
                 break
-            currencies.add(c)
+            phase_currencies.add(c)
             cost += priced(s, p)
+        if len(phase_currencies) > 1:   # dollars and euros do not add up: the phase has no cost
+            cost = None
+        currencies |= phase_currencies
         out[f"{key}_seconds"], out[f"{key}_cost"] = secs, cost
         total_s += secs
         if cost is None:
