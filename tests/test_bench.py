@@ -3,7 +3,6 @@
 No timing is asserted: the numbers are measured, not tested (the machine is shared).
 """
 import json
-import math
 from pathlib import Path
 
 import nbformat
@@ -45,8 +44,7 @@ def test_bench_writes_a_row_with_every_column(study_env, tmp_path, capsys):
     assert row["bare_samples_per_sec"] == four[f"{row['precision']}-{row['layout']}"]
     for col in ("loop_samples_per_sec", "loop_ratio", "setting_ratio", "infer_latency_ms", "infer_samples_per_sec"):
         assert row[col] > 0, col
-    assert math.isclose(row["loop_ratio"], row["loop_samples_per_sec"] / row["ceiling_samples_per_sec"], rel_tol=0.5)
-    assert row["loop_ratio"] <= row["setting_ratio"] * 1.5
+    # (how close the loop runs to the ceiling is a measurement: the bench reports it, no test asserts it)
     assert 0 <= row["data_wait_share"] < 1 and row["infer_batch_size"] == 8
     assert pd.isna(row["compile_seconds"]) and not row["compile"]
     assert printed.count("-> ") == 1

@@ -282,11 +282,13 @@ def test_prices_yaml_holds_the_reference_studies_prices():
     study = (ROOT.parent / "shared" / "reference-studies").glob("002_*.txt")
     text = next(study).read_text() if (ROOT.parent / "shared" / "reference-studies").exists() else None
     for c, s in pairs:
-        if text is not None:
-            assert c in text and s in text
         assert float(c) / (float(s) / 3600) == pytest.approx(p["aws-ml.c5.9xlarge"].price, abs=5e-5)
     assert "NOT from reference study 004" in p["aws-ml.g4dn.xlarge"].source
     assert all(x.source and x.date for x in p.values())
+    if text is None:   # said, not silent: the -ra summary lists it (CI always has ../shared beside the clone)
+        pytest.skip("../shared/reference-studies is not beside the project: study 002's numbers not checked against its text")
+    for c, s in pairs:
+        assert c in text and s in text
 
 
 def bad_yaml(tmp_path, mutate):
