@@ -48,7 +48,7 @@ def _mean_std(values: pd.Series, fmt: str, scale: float = 1) -> str:
     values = values.dropna() * scale
     if values.empty:
         return ""
-    if len(values) == 1:
+    if len(values) == 1 or values.nunique() == 1:   # one seed, or the same for every seed (size, params): no ± 0
         return fmt.format(values.iloc[0])
     return f"{fmt.format(values.mean())} ± {fmt.format(values.std())}"
 
@@ -76,7 +76,7 @@ def dataset_table(runs: pd.DataFrame, dataset: str) -> pd.DataFrame:
     """Size and speed: one row per model (and varying setting), mean ± std over seeds, sorted by mean test top-1."""
     rows = []
     for key, group in model_groups(runs, dataset):
-        row = {**key, "seeds": len(group), "_order": group.test_top1.mean()}
+        row = {**key, "_order": group.test_top1.mean()}   # seeds: in the accuracy table beside it
         for col, (heading, fmt, scale) in COLUMNS.items():
             row[heading] = _mean_std(group[col], fmt, scale) if col in group else ""
         rows.append(row)
