@@ -82,6 +82,7 @@ class TrainParams(StageParams):
     image_size: PositiveInt = 64
     augment: bool = True
     early_stopping: NonNegativeInt = 0              # patience in epochs on val top-1; 0 means off
+    tta: bool = False                    # test-time flip: val and test logits averaged over each image and its mirror
     seed: int = 0
     device: str = "auto"
     amp: SpeedSwitch = "auto"            # bf16 autocast (CPU and CUDA); "auto": what `studylib bench` found fastest

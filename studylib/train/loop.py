@@ -39,13 +39,19 @@ def autocast(device: str, amp: bool | str):
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, batches: TensorBatches, device: str, amp: bool = False):
-    """(logits as float32 on CPU, labels on CPU, mean cross-entropy loss)."""
+def evaluate(model: nn.Module, batches: TensorBatches, device: str, amp: bool = False, flip: bool = False):
+    """(logits as float32 on CPU, labels on CPU, mean cross-entropy loss).
+
+    flip=True: test-time flip, each image's logits averaged with its mirror image's.
+    """
     model.eval()
     logits, labels = [], []
     with autocast(device, amp):
         for x, y in batches:
-            logits.append(model(x).float())
+            out = model(x).float()
+            if flip:
+                out = (out + model(x.flip(3)).float()) / 2
+            logits.append(out)
             labels.append(y)
     model.train()
     if not logits:
@@ -113,12 +119,13 @@ def train_epoch(model, batches: TensorBatches, optimizer, schedule, loss_fn, dev
 
 
 def fit(model: nn.Module, train: TensorBatches, val: TensorBatches, *, epochs: int, optimizer, schedule,
-        loss_fn, device: str, amp: bool = False, early_stopping: int = 0,
+        loss_fn, device: str, amp: bool = False, early_stopping: int = 0, tta: bool = False,
         on_epoch: Optional[Callable[[EpochStats], None]] = None, progress: bool = True) -> dict:
     """Train for `epochs`, validating after each. `on_epoch` may raise to stop (Optuna's pruner does).
 
     Returns {"history": [EpochStats], "first_step_seconds": float}. With early_stopping=N, training
     stops after N epochs without a better val top-1 and the best weights are restored.
+    tta=True validates with test-time flip (`evaluate`'s flip).
     """
     from tqdm.auto import tqdm  # lazy: only the progress bar needs it
     history: list[EpochStats] = []
@@ -131,7 +138,7 @@ def fit(model: nn.Module, train: TensorBatches, val: TensorBatches, *, epochs: i
             first_step_seconds = stats["first_step"]
         synchronize(device)
         t_val = time.perf_counter()
-        logits, labels, val_loss = evaluate(model, val, device, amp)
+        logits, labels, val_loss = evaluate(model, val, device, amp, flip=tta)
         synchronize(device)
         val_seconds = time.perf_counter() - t_val
         val_top1 = (logits.argmax(1) == labels).float().mean().item() if len(labels) else float("nan")

@@ -70,14 +70,14 @@ def train_run(params: TrainParams, progress: bool = True, on_epoch=None) -> Trai
         t0 = time.perf_counter()
         fitted = fit(setup.step_model, setup.train, setup.val, epochs=params.epochs, optimizer=setup.optimizer,
                      schedule=setup.schedule, loss_fn=setup.loss_fn, device=device, amp=setup.speed.amp,
-                     early_stopping=params.early_stopping, on_epoch=on_epoch, progress=progress)
+                     early_stopping=params.early_stopping, tta=params.tta, on_epoch=on_epoch, progress=progress)
         train_seconds = time.perf_counter() - t0
         history = fitted["history"]
 
         # The test split, touched once.
         t1 = time.perf_counter()
         test_batches = batches(data, "test", params, device, train=False, speed=setup.speed)
-        test_logits, test_labels, _ = evaluate(setup.step_model, test_batches, device, setup.speed.amp)
+        test_logits, test_labels, _ = evaluate(setup.step_model, test_batches, device, setup.speed.amp, flip=params.tta)
         eval_seconds = time.perf_counter() - t1
     report = classification_report(test_logits, test_labels, data.dataset.classes)
     # which test images, in which order: runs with the same digest are compared image by image
