@@ -2,8 +2,9 @@
 
 The cache file is keyed by dataset, split, image size and a fingerprint of the files'
 contents, so a later run at the same size reuses it and an edited file invalidates it.
-Every image is resized to image_size x image_size (aspect ratio not kept, as reference
-study 002 did); images that cannot be decoded are skipped and listed, never fatal.
+Every image is turned upright (its EXIF orientation), brought to 8-bit RGB (16-bit samples scaled, not
+clipped; transparency composited on white) and resized to image_size x image_size (aspect ratio not kept,
+as reference study 002 did); images that cannot be decoded are skipped and listed, never fatal.
 """
 from __future__ import annotations
 
@@ -13,13 +14,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from studylib.data.registry import Items
 from studylib.paths import cache_dir
 from studylib.util import atomic_write
 
-CACHE_FORMAT = 1  # bump when the decode or resize policy changes
+CACHE_FORMAT = 2  # bump when the decode or resize policy changes (2: EXIF orientation, 16-bit, alpha on white)
 
 
 @dataclass
@@ -37,11 +38,32 @@ class TensorSplit:
 
 
 def decode(img: Image.Image, size: int) -> torch.Tensor:
-    """PIL image -> 3 x size x size uint8 tensor. The one preprocessing used by train, eval and serving."""
+    """PIL image -> 3 x size x size uint8 tensor. The one preprocessing used by train, eval and serving:
+    upright by its EXIF orientation, 8-bit RGB (see to_rgb), resized bilinearly to size x size."""
     if img.format == "JPEG":
         img.draft("RGB", (size, size))  # let libjpeg decode at a reduced scale when it can
-    img = img.convert("RGB").resize((size, size), Image.BILINEAR, reducing_gap=3.0)
+    img = to_rgb(ImageOps.exif_transpose(img))
+    img = img.resize((size, size), Image.BILINEAR, reducing_gap=3.0)
     return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
+
+
+WHITE = (255, 255, 255)
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL mode -> 8-bit RGB: 16- and 32-bit integer samples scaled by 1/257 (65535 -> 255; PIL's own
+    convert clips them, so a 16-bit PNG came out white), float samples taken as 0..1, and transparency
+    (an alpha channel or a palette's transparent colour) composited on white instead of dropped."""
+    if img.mode in ("I", "F") or img.mode.startswith("I;16"):
+        a = np.asarray(img, dtype=np.float64)
+        a = a * 255 if img.mode == "F" else a / 257
+        img = Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L")
+    if img.mode == "P" and "transparency" in img.info or img.mode in ("RGBa", "La", "PA"):
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA"):
+        rgba = img.convert("RGBA")
+        img = Image.alpha_composite(Image.new("RGBA", rgba.size, WHITE + (255,)), rgba)
+    return img if img.mode == "RGB" else img.convert("RGB")
 
 
 def _decode_all(items: Items, size: int) -> TensorSplit:
