@@ -150,6 +150,9 @@ def load_test(url: str, images: list[ImageFile], concurrency: int, max_requests:
 
     Each client first sends `warmup` requests that are not counted. Throughput is completed
     requests (any status) per second of the measured window; errors are replies other than 200.
+    A warm-up request that fails (refused, dropped, timed out), or a warm-up that outlasts its bound
+    (`warmup` requests of at most `timeout` seconds each, tried twice), raises RuntimeError with one
+    sentence: the clients still waiting are released, nothing waits forever.
     """
     if concurrency < 1 or max_requests < 1 or max_seconds <= 0:
         raise ValueError("concurrency and max_requests must be positive, max_seconds above zero")
@@ -161,14 +164,23 @@ def load_test(url: str, images: list[ImageFile], concurrency: int, max_requests:
     ready = threading.Barrier(concurrency + 1)
     start = threading.Event()
     deadline = [0.0]
+    warmup_errors: list[BaseException] = []
 
     def worker(k: int):
         nonlocal issued
         client = Client(url, timeout)
         try:
-            for j in range(warmup):
-                client.predict(images[(k + j) % len(images)], bodies[(k + j) % len(images)])
-            ready.wait()
+            try:
+                for j in range(warmup):
+                    client.predict(images[(k + j) % len(images)], bodies[(k + j) % len(images)])
+            except Exception as err:   # the server is down or broken: release everyone waiting at the barrier
+                warmup_errors.append(err)
+                ready.abort()
+                return
+            try:
+                ready.wait()
+            except threading.BrokenBarrierError:   # another client's warm-up failed, or the main thread gave up
+                return
             start.wait()
             while True:
                 with lock:
@@ -192,7 +204,16 @@ def load_test(url: str, images: list[ImageFile], concurrency: int, max_requests:
     threads = [threading.Thread(target=worker, args=(k,), daemon=True) for k in range(concurrency)]
     for t in threads:
         t.start()
-    ready.wait()
+    bound = warmup * timeout * 2 + 5   # each warm-up request may be tried twice (Client.request reconnects once)
+    try:
+        ready.wait(bound)
+    except threading.BrokenBarrierError:
+        if warmup_errors:
+            err = warmup_errors[0]
+            raise RuntimeError(f"the load test's warm-up request to {url}/predict failed "
+                               f"({type(err).__name__}: {err}), so nothing was measured.") from None
+        raise RuntimeError(f"the load test's warm-up requests to {url}/predict did not finish within {bound:g} s "
+                           f"({warmup} per client, {timeout:g} s each at most), so nothing was measured.") from None
     t0 = time.perf_counter()
     deadline[0] = t0 + max_seconds
     start.set()
