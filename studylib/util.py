@@ -1,6 +1,8 @@
-"""Small helpers every layer uses: the clock's UTC stamp, atomic file writes, and URL redaction.
+"""Small helpers every layer uses: the clock's UTC stamp, atomic file writes, URIs and YAML files.
 
-A leaf module: it imports only studylib.errors, so anything may import it.
+A leaf module: it imports only studylib.errors, so anything may import it. The redaction of secrets
+(`redact`, `redact_url`) is studylib.errors', where the error messages need it; `redact_url` is
+importable from here too, where callers have always found it.
 """
 from __future__ import annotations
 
@@ -11,11 +13,10 @@ import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
-from urllib.parse import urlsplit
 
 import yaml
 
-from studylib.errors import ParameterError
+from studylib.errors import ParameterError, redact_url as redact_url  # noqa: F401  (re-exported)
 
 
 _UMASK = os.umask(0)  # read the process's umask (the only way is to set it) ...
@@ -58,21 +59,6 @@ def atomic_write_json(path: str | os.PathLike, data, indent: int | None = 1) -> 
 def is_uri(root: str) -> bool:
     """True for `protocol://...` roots (file:// included); plain paths are not URIs."""
     return bool(re.match(r"^[A-Za-z][A-Za-z0-9+.\-]*://", str(root or "")))
-
-
-def redact_url(url: str, keep_user: bool = False) -> str:
-    """The URL without its password, and without a ?query or #fragment (they can hold signed tokens).
-
-    `keep_user` keeps the user name (database URLs read better with it); a plain path comes back as it is.
-    """
-    if not is_uri(url):
-        return url
-    parts = urlsplit(url)
-    userinfo, at, host = parts.netloc.rpartition("@")
-    if at and keep_user:
-        user = userinfo.split(":", 1)[0]
-        host = f"{user}:***@{host}" if ":" in userinfo else f"{user}@{host}"
-    return f"{parts.scheme}://{host}{parts.path}"
 
 
 def read_yaml_file(path: str | os.PathLike, parameter: str, expected: str):

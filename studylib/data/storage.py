@@ -29,17 +29,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from studylib.errors import DatasetUnavailable, ParameterError
+from studylib.errors import DatasetUnavailable, ParameterError, check_no_secret, redact_url
 from studylib.paths import cache_dir
-from studylib.util import redact_url
 
 MODES = ("prefetch", "lazy")
 LOG_NAME = ".studylib-fetched.jsonl"
-SECRET_WORDS = ("secret", "password", "passwd", "token", "credential", "key", "session", "auth", "signature")
-NOT_SECRET = {"endpoint_url", "region_name", "anon", "use_ssl", "requester_pays", "default_block_size",
-              "default_fill_cache", "version_aware", "cache_regions", "project", "skip_instance_cache",
-              "use_listings_cache", "listings_expiry_time", "max_concurrency", "client_kwargs", "config_kwargs",
-              "auto_mkdir"}
 
 
 def remote_dir() -> Path:
@@ -47,30 +41,15 @@ def remote_dir() -> Path:
     return Path(os.environ.get("STUDYLIB_REMOTE", cache_dir().parent / "remote"))
 
 
-def _is_secret_key(key: str) -> bool:
-    k = key.lower()
-    return k not in NOT_SECRET and any(w in k for w in SECRET_WORDS)
-
-
 def check_storage_options(options) -> dict:
-    """Validate `storage_options`: a mapping of settings that are not secrets (credentials stay in the environment)."""
+    """Validate `storage_options`: a mapping of fsspec settings that are not secrets (no credential-named key,
+    no URL with a password, at any depth); credentials stay in the environment or a credentials file."""
     if options in (None, ""):
         return {}
     if not isinstance(options, dict):
         raise ParameterError("storage_options", type(options).__name__,
                              "a mapping of fsspec settings such as {'endpoint_url': 'http://...'}")
-
-    def walk(d, prefix=""):
-        for k, v in d.items():
-            if _is_secret_key(str(k)):
-                # name the key, never the value
-                raise ParameterError("storage_options", f"{{{prefix}{k!s}: ...}}",
-                                     "free of credentials; put them in the environment (AWS_ACCESS_KEY_ID, "
-                                     "AWS_SECRET_ACCESS_KEY, AWS_PROFILE, GOOGLE_APPLICATION_CREDENTIALS, ...) "
-                                     "where the storage library reads them")
-            if isinstance(v, dict):
-                walk(v, f"{prefix}{k}.")
-    walk(options)
+    check_no_secret("storage_options", options)
     return dict(options)
 
 
@@ -243,7 +222,7 @@ def open_root(uri: str, mode: str = "prefetch", storage_options: dict | None = N
         listing = {}
     except Exception as err:  # permission, endpoint, network: one sentence, no credentials
         raise DatasetUnavailable(f"root '{redact_url(uri)}' could not be listed ({type(err).__name__}: "
-                                 f"{_no_secrets(str(err))}); check the endpoint and the credentials in the environment.") from None
+                                 f"{err}); check the endpoint and the credentials in the environment.") from None
     files = {}
     for name, info in listing.items():
         if info.get("type", "file") != "file":
@@ -261,12 +240,3 @@ def open_root(uri: str, mode: str = "prefetch", storage_options: dict | None = N
     if mode == "prefetch":
         root.prefetch()
     return root
-
-
-def _no_secrets(text: str) -> str:
-    """Error text from a storage library with anything that looks like a key or signature masked."""
-    for var in ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID"):
-        val = os.environ.get(var)
-        if val:
-            text = text.replace(val, "***")
-    return re.sub(r"(Signature|Credential|X-Amz-[A-Za-z-]+)=[^&\s]+", r"\1=***", text)
