@@ -25,11 +25,22 @@ def test_head_finetuning_freezes_the_backbone():
 
 
 @pytest.mark.parametrize("name, classes", [("smallvgg1", 10), ("smallvgg3_bn", 10), ("smallvgg2_bn_dropout", 4),
-                                           ("tiny_vit_5m_224", 10), ("mobilenet_v3_small", 3)])
+                                           ("tiny_vit_5m_224", 10), ("mobilenet_v3_small", 3), ("fastvgg32", 10)])
 def test_every_family_builds_and_runs(name, classes):
-    m = create_model(name, classes).eval()
+    m = create_model(name, classes, image_size=64).eval()
     assert m(torch.zeros(2, 3, 64, 64)).shape == (2, classes)
     assert gmacs(m, 64) > 0
+
+
+def test_smallvgg_flattens_into_a_dense_128_as_study_003():
+    """003: the last block's 128 x 4 x 4 maps at 32 px flattened into a dense layer of 128, then the classes."""
+    m = create_model("smallvgg3", 10, image_size=32)
+    dense = [x for x in m.modules() if isinstance(x, torch.nn.Linear)]
+    assert [(d.in_features, d.out_features) for d in dense] == [(128 * 4 * 4, 128), (128, 10)]
+    assert not any(isinstance(x, (torch.nn.AdaptiveAvgPool2d, torch.nn.AdaptiveMaxPool2d)) for x in m.modules())
+    one_block = create_model("smallvgg1", 10, image_size=32)
+    assert one_block(torch.zeros(1, 3, 32, 32)).shape == (1, 10)
+    assert [x for x in one_block.modules() if isinstance(x, torch.nn.Linear)][0].in_features == 32 * 16 * 16
 
 
 def test_vgg_variants_differ_as_named():
@@ -69,11 +80,11 @@ def test_pretrained_weights_load_from_the_torch_hub_cache(tmp_path, monkeypatch)
     assert m.fc.out_features == 7
 
 
-@pytest.mark.parametrize("name", ["mnasnet0_5", "mobilenet_v3_small", "shufflenet_v2_x0_5", "smallvgg3_bn"])
+@pytest.mark.parametrize("name", ["mnasnet0_5", "mobilenet_v3_small", "shufflenet_v2_x0_5", "smallvgg3_bn", "fastvgg64"])
 def test_from_scratch_models_start_near_chance(name):
     # a 10-class head must start with small logits: torchvision's mnasnet head init (fan_out) gave a
     # first-batch loss near 10 and a model that never trained in the quick study
     torch.manual_seed(0)
-    model = create_model(name, 10).train()
+    model = create_model(name, 10, image_size=64).train()
     loss = torch.nn.functional.cross_entropy(model(torch.randn(32, 3, 64, 64)), torch.randint(0, 10, (32,)))
     assert loss.item() < 3.0

@@ -1,13 +1,18 @@
 """The Jupyter Book's moving parts: the report pages and the table of contents, from what ran.
 
 `write_report(study)` executes notebooks/decision.ipynb, methods.ipynb and results.ipynb for the
-study into book/results/, and regenerates book/_toc.yml: the intro, the decision page (which model
-to pick), methods, the reference studies, the results chapter, then every executed notebook of the
-study grouped by stage (failed runs last). `jupyter-book build book/` then renders it offline
+study into book/results/ (and a study's own chapters where they apply: study003.ipynb for a study that
+trains reference study 003's VGG arms on CIFAR-10), then regenerates book/_toc.yml.
+
+The book holds every study that has run into it (each results/<study>/cells.json whose book is this
+one): the intro, then per study its report pages (decision, methods, the reference studies once,
+results, its own chapters) and every executed notebook grouped by stage (failed runs last). Running
+one study never drops another's pages. `jupyter-book build book/` then renders it offline
 (execute_notebooks is "off" in _config.yml: papermill already ran everything).
 """
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -15,17 +20,35 @@ from pathlib import Path
 
 import yaml
 
-from studylib.paths import book_dir, project_root
+from studylib.errors import ParameterError
+from studylib.paths import book_dir, project_root, results_dir
 from studylib.study.execute import hide_injected_parameters, run_notebook
 from studylib.study.manifest import STAGES, failed_path, read_manifest, running_path, source_notebook
-from studylib.util import atomic_write, atomic_write_text
+from studylib.util import atomic_write, atomic_write_text, read_yaml_file
 
 STAGE_CAPTIONS = {"data_prep": "Data preparation", "train": "Training runs", "tune": "Tuning",
                   "deploy": "Deployment", "cost": "Cost"}
 REPORT_PAGES = ("decision", "methods", "results")   # notebooks/<page>.ipynb -> book/results/<page>-<study>.ipynb
 HAND_WRITTEN = ("intro.md", "reference_studies.md")
-# The study's chapters after the intro, in order: a report page where it was executed, or a hand-written page.
-CHAPTERS = ("decision", "methods", "reference_studies", "results")
+HAND_WRITTEN_PAGES = ("reference_studies",)   # the chapters among CHAPTERS that are hand-written, not executed
+# A study's chapters after the intro, in order: a report page where it was executed, or a hand-written page.
+CHAPTERS = ("decision", "methods", "reference_studies", "results", "study003")
+DEFAULT_STUDY = "quick"   # first in the book; the other studies follow by name
+
+
+def _trains_study003_arms(cells: list[dict]) -> bool:
+    return any(c["stage"] == "train" and c["params"].get("dataset") == "cifar10"
+               and str(c["params"].get("model", "")).startswith("smallvgg") for c in cells)
+
+
+# Report pages that only some studies have: the page, and which studies (by their cells) it is for.
+OWN_PAGES = {"study003": _trains_study003_arms}
+
+
+def report_pages(study: str) -> list[str]:
+    """The report notebooks executed for a study: every study's, then those of OWN_PAGES that apply."""
+    cells = read_manifest(study)["cells"]
+    return [*REPORT_PAGES, *(page for page, applies in OWN_PAGES.items() if applies(cells))]
 
 
 def report_path(page: str, study: str) -> Path:
@@ -74,13 +97,54 @@ def publish(running: Path, out: Path) -> None:
     running.unlink()
 
 
+def studies_in_book(study: str) -> list[str]:
+    """`study` and every other study whose manifest names this book: the default study first, then by name."""
+    here = str(book_dir())
+    found = {study}
+    for path in results_dir().glob("*/cells.json"):
+        try:
+            if json.loads(path.read_text()).get("book") == here:
+                found.add(path.parent.name)
+        except (OSError, ValueError):
+            continue   # a manifest being written, or damaged: that study is left out until it is whole
+    return sorted(found, key=lambda s: (s != DEFAULT_STUDY, s))
+
+
+def study_title(study: str) -> str:
+    """The grid file's title for a study, or "" when the grid file is gone."""
+    grid = Path(read_manifest(study).get("grid", ""))
+    try:
+        content = read_yaml_file(grid, "grid", "a grid file")
+    except ParameterError:   # a grid file gone or unreadable only costs the part its title
+        return ""
+    return str(content.get("title") or "") if isinstance(content, dict) else ""
+
+
 def toc(study: str) -> dict:
-    """The table of contents for a study: fixed chapters, then one page per executed notebook."""
+    """The book's table of contents: the intro, then each study in the book (`studies_in_book`)."""
+    names = studies_in_book(study)
+    parts = []
+    for i, name in enumerate(names):
+        parts += study_parts(name, with_reference=i == 0, label=None if len(names) == 1 else name)
+    return {"format": "jb-book", "root": "intro", "parts": parts}
+
+
+def study_parts(study: str, with_reference: bool = True, label: str | None = None) -> list[dict]:
+    """A study's parts: its chapters, then one page per executed notebook by stage, failed runs last.
+
+    label: None when the book holds this study alone (captions as "The study"); else the study's
+    name, which every caption then carries."""
     book = book_dir()
     manifest = read_manifest(study)
-    chapters = [{"file": f"results/{page}-{study}"} if page in REPORT_PAGES else {"file": page}
-                for page in CHAPTERS if page not in REPORT_PAGES or report_path(page, study).exists()]
-    parts = [{"caption": "The study", "chapters": chapters}]
+    chapters = [{"file": f"results/{page}-{study}"} if page not in HAND_WRITTEN_PAGES else {"file": page}
+                for page in CHAPTERS
+                if (page in HAND_WRITTEN_PAGES and with_reference) or report_path(page, study).exists()]
+    if label is None:
+        caption, suffix = "The study", ""
+    else:
+        title = study_title(study)
+        caption, suffix = f"Study {label}" + (f": {title}" if title else ""), f" ({label})"
+    parts = [{"caption": caption, "chapters": chapters}]
     failed = []
     for stage in STAGES:
         pages = []
@@ -94,14 +158,14 @@ def toc(study: str) -> dict:
                 failed.append({"file": str(failed_path(nb).with_suffix("")),
                                "title": f"{stage}: {cell['title'] or cell['run_id']}"})
         if pages:
-            parts.append({"caption": STAGE_CAPTIONS[stage], "chapters": pages})
+            parts.append({"caption": STAGE_CAPTIONS[stage] + suffix, "chapters": pages})
     if failed:
-        parts.append({"caption": "Failed runs", "chapters": failed})
-    return {"format": "jb-book", "root": "intro", "parts": parts}
+        parts.append({"caption": "Failed runs" + suffix, "chapters": failed})
+    return parts
 
 
 def write_toc(study: str) -> Path:
-    header = (f"# Generated by studylib from the cells of study '{study}' (results/{study}/cells.json);\n"
+    header = ("# Generated by studylib from the cells of every study in this book (results/<study>/cells.json);\n"
               "# regenerated by every `studylib grid` / `studylib collect`, so edits here are lost.\n")
     return atomic_write_text(book_dir() / "_toc.yml", header + yaml.safe_dump(toc(study), sort_keys=False))
 
@@ -110,8 +174,9 @@ def write_report(study: str, log=None) -> int:
     """Report pages for the study, then the table of contents. Returns 0, or 1 if a page failed."""
     log = log or (lambda msg: print(msg, file=sys.stderr))
     sync_sources()
-    with ThreadPoolExecutor(len(REPORT_PAGES)) as pool:   # each page is its own kernel: run them side by side
-        ok = all(pool.map(lambda page: execute_page(page, study, log), REPORT_PAGES))
+    pages = report_pages(study)
+    with ThreadPoolExecutor(len(pages)) as pool:   # each page is its own kernel: run them side by side
+        ok = all(pool.map(lambda page: execute_page(page, study, log), pages))
     path = write_toc(study)
     log(f"[report] table of contents: {path}; build the book with `jupyter-book build {book_dir()}`")
     return 0 if ok else 1
