@@ -36,7 +36,7 @@ from studylib.util import atomic_write
 
 ARCHIVE = "cifar10-jpg.tar.gz"
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-VAL_IMAGES = 5000
+VAL_FRACTION = 0.1    # 5,000 of CIFAR-10's 50,000 training images, 500 per class
 VAL_SEED = 0
 ORIGINAL_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 
@@ -175,7 +175,7 @@ def val_indices(names: np.ndarray, labels: np.ndarray, source: str) -> list[int]
             raise DatasetUnavailable(f"the validation split file '{path}' lists '{missing[0]}', which this "
                                      "CIFAR-10 copy does not have; delete the file to choose the split again.")
         return [index[n] for n in chosen]
-    _, held = stratified_split(labels.tolist(), VAL_IMAGES / len(labels), VAL_SEED)
+    _, held = stratified_split(labels.tolist(), VAL_FRACTION, VAL_SEED)
     held = sorted(held)
 
     def write(tmp: str) -> None:
