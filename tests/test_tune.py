@@ -1,7 +1,9 @@
 """Hyperparameter search: the search space, one resumable study shared by workers, pruning, the notebook."""
 import json
 import os
+import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -206,6 +208,58 @@ def test_two_processes_tune_one_sqlite_study(study_env, tiny_imagefolder, tmp_pa
     for proc, mine in zip(procs, ran):
         assert {study.trials[n].user_attrs["worker"] for n in mine} <= {f"{host}:{proc.pid}"}
     assert {t.user_attrs["worker"] for t in study.trials} <= {f"{host}:{p.pid}" for p in procs}
+
+
+KILLED = r"""
+import json, sys, time
+from pathlib import Path
+from studylib.stages import tune as tuning
+started = Path(sys.argv[1])
+
+def stuck(*args, **kwargs):   # the trial is running: say so and wait for kill -9
+    started.touch()
+    time.sleep(600)
+
+tuning.fit = stuck
+tuning.tune(tuning.TuneParams.from_mapping(json.loads(sys.argv[2])))
+"""
+
+
+def test_sqlite_storage_is_in_wal_mode(study_env, tiny_imagefolder, tmp_path):
+    """Readers do not block the writer (several workers, the notebook's tables while trials run)."""
+    params = tiny_params(tiny_imagefolder, tmp_path, n_trials=1)
+    tuning.prepare_study(params)
+    with sqlite3.connect(tmp_path / "optuna.sqlite3") as con:
+        assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_a_trial_killed_with_kill_9_is_failed_and_retried_on_the_next_run(study_env, tiny_imagefolder, tmp_path):
+    values = dict(dataset="imagefolder", root=str(tiny_imagefolder), model="smallvgg1", image_size=32, epochs=1,
+                  train_limit=0, search_space=SPACE, pruner="none", n_trials=1,
+                  storage=f"sqlite:///{tmp_path / 'optuna.sqlite3'}")
+    params = tuning.TuneParams.from_mapping(values)
+    tuning.prepare_study(params)
+    started = tmp_path / "started"
+    proc = subprocess.Popen([sys.executable, "-c", KILLED, str(started), json.dumps(values)], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 300
+        while not started.exists():
+            assert proc.poll() is None, proc.communicate()[1][-3000:]
+            assert time.time() < deadline, "the worker's trial did not start within 300 s"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)     # no heartbeat's grace period has passed, no other trial started
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+
+    out = tuning.tune(params)                # the next run, right away
+    trials = out.study.trials
+    assert [t.state.name for t in trials] == ["FAIL", "COMPLETE"], [t.state.name for t in trials]
+    assert trials[1].params == trials[0].params and out.trials_run == [1]   # the killed trial's parameters again
+    assert trials[0].user_attrs["worker"] == f"{socket.gethostname()}:{proc.pid}"
 
 
 # --------------------------------------------------------------------------- the notebook

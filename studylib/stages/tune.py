@@ -5,18 +5,25 @@ Each trial is one training run through the study's own loop (`studylib.train.loo
 reported to the pruner after every epoch. Epochs are the pruner's budget, not a searched value.
 The search space is `tune_space`'s; the tables and figures of tune.ipynb are `studylib.views.tune`'s.
 
-The study lives in an Optuna storage (a SQLite file under results/ by default, PostgreSQL or
-MySQL across hosts). Rerunning continues it: `n_trials` is the total wanted, counting
-complete and pruned trials, so several workers can tune one study at once and stop together.
-Create the study once before starting workers (`prepare_study`): concurrent first creation
-of a database races.
+The study lives in an Optuna storage (a SQLite file under results/ by default, in WAL mode so
+readers never block the writing worker; PostgreSQL or MySQL across hosts). Rerunning continues it:
+`n_trials` is the total wanted, counting complete and pruned trials, so several workers can tune
+one study at once and stop together. Create the study once before starting workers
+(`prepare_study`): concurrent first creation of a database races.
+
+A trial whose process died (kill -9, a dead kernel) is failed and run again once with the same
+parameters: at the next run on the same host at once (`fail_dead_trials`: every trial names its
+process), on another host after the heartbeat's grace period.
 """
 from __future__ import annotations
 
+import contextlib
+import copy
 import json
 import math
 import os
 import socket
+import sqlite3
 import time
 import warnings
 from dataclasses import dataclass
@@ -24,6 +31,7 @@ from pathlib import Path
 from typing import ClassVar, Literal, Optional, Union
 
 import optuna
+import psutil
 from optuna.trial import TrialState
 from pydantic import ValidationError, field_validator
 
@@ -135,11 +143,17 @@ class TuneParams(StageParams):
 # --------------------------------------------------------------------------- the study
 
 def open_storage(url: str) -> optuna.storages.RDBStorage:
-    """RDB storage with heartbeats: a trial whose worker died is failed and retried once by the next worker."""
+    """RDB storage with heartbeats: a trial whose worker died is failed and retried once by the next worker.
+
+    A SQLite file is put in WAL mode first (a setting the file keeps): a reader (another worker between
+    trials, a table of the study) never blocks the worker writing its trial, and a process killed
+    mid-write leaves the database consistent."""
     if url.startswith("sqlite:///"):
-        path = url[len("sqlite:///"):]
+        path = url[len("sqlite:///"):].split("?", 1)[0]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
+            with contextlib.closing(sqlite3.connect(path, timeout=60)) as con:
+                con.execute("PRAGMA journal_mode=WAL")
     kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -206,6 +220,48 @@ def counted(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=COUNTED))
 
 
+def this_process() -> dict:
+    """What names a trial's process: host, pid and the process's start time (a pid is reused, the pair is not)."""
+    return {"worker": f"{socket.gethostname()}:{os.getpid()}", "worker_started": psutil.Process().create_time()}
+
+
+def process_alive(worker: str, started: Optional[float]) -> bool:
+    """Whether the process `host:pid` that started at `started` still runs (a process of another host: assumed so)."""
+    host, _, pid = worker.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit() or started is None:
+        return True
+    try:
+        return abs(psutil.Process(int(pid)).create_time() - started) < 0.01
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
+
+
+def fail_dead_trials(study: optuna.Study) -> list[int]:
+    """Fail the running trials whose process on this host is gone, and queue each for one retry.
+
+    The heartbeat fails a dead worker's trial only after GRACE_SECONDS, and only when another trial
+    starts; a rerun right after a kill -9 would otherwise leave it RUNNING. The retry is the
+    storage's own stale-trial callback (the same parameters, once). Returns the failed trial numbers."""
+    storage = study._storage
+    failed = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        worker = t.user_attrs.get("worker")
+        if not worker or process_alive(worker, t.user_attrs.get("worker_started")):
+            continue
+        try:
+            if storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL):
+                failed.append(t)
+        except optuna.exceptions.UpdateFinishedTrialError:   # another process failed it first
+            pass
+    retry = getattr(storage, "get_heartbeat_stale_trial_callback", lambda: None)()   # RDB storages have one
+    for t in failed:
+        print(f"trial {t.number:>3} FAIL     its process {t.user_attrs['worker']} is gone (killed?): "
+              f"run again with its parameters", flush=True)
+        if retry is not None:
+            retry(study, copy.deepcopy(storage.get_trial(t._trial_id)))
+    return [t.number for t in failed]
+
+
 @dataclass
 class TuneOutcome:
     study: optuna.Study
@@ -221,6 +277,7 @@ def tune(params: TuneParams) -> TuneOutcome:
     base = params.train_params({})
     device = environment.resolve_device(base.device)
     study = load_study(params, pruner=make_pruner(params))
+    fail_dead_trials(study)
     study.sampler = make_sampler(params, len(study.trials))
     remaining = params.n_trials - counted(study)
     if remaining <= 0:
@@ -228,14 +285,15 @@ def tune(params: TuneParams) -> TuneOutcome:
     t0 = time.perf_counter()
     data = load_run_data(base)              # once per process; every trial reuses the tensors
     data_seconds = time.perf_counter() - t0
-    worker = f"{socket.gethostname()}:{os.getpid()}"
+    process = this_process()
     mine: list[int] = []
 
     def objective(trial: optuna.Trial) -> float:
+        for key, value in process.items():   # first: a trial whose process dies is known by it
+            trial.set_user_attr(key, value)
         mine.append(trial.number)
         hp = suggest(trial, space)
         tp = params.train_params(hp)
-        trial.set_user_attr("worker", worker)
         trial.set_user_attr("device", device)
         setup = prepare(tp, data, device)
         epoch_seconds: list[float] = []
