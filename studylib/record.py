@@ -10,7 +10,10 @@ import hashlib
 import json
 from typing import Optional
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+
+from studylib.errors import redact
+from studylib.paths import check_name
 
 
 def params_hash(params: dict) -> str:
@@ -23,16 +26,23 @@ def run_id(stage: str, params: dict) -> str:
     parts = [stage, params.get("dataset"), params.get("model"),
              f"s{params['seed']}" if "seed" in params else None]
     prefix = "-".join(str(p) for p in parts if p not in (None, ""))
-    return f"{prefix}-{params_hash(params)}"
+    return check_name("run id", f"{prefix}-{params_hash(params)}")   # it names the run's folder and notebook
 
 
 class Record(BaseModel):
+    """What every stage's record holds. No record holds a secret: whatever a record is built from passes
+    through studylib.errors.redact first (every stage's record type inherits this)."""
     model_config = ConfigDict(extra="allow", protected_namespaces=())
     run_id: str
     stage: str
     status: str = "ok"           # ok | failed
     params: dict
     error: Optional[str] = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_secrets(cls, data):
+        return redact(data) if isinstance(data, dict) else data
 
 
 class EpochStats(BaseModel):
@@ -100,6 +110,7 @@ class TrainRecord(Record):
 
 
 def failed_record(stage: str, params: dict, error: str, rid: str | None = None) -> dict:
+    """A failed run's record: its parameters and error, redacted as every record is."""
     return Record(run_id=rid or run_id(stage, params), stage=stage, status="failed",
                   params=params, error=error).model_dump(mode="json")
 

@@ -9,6 +9,8 @@ notebook) and writes, atomically:
 - results/<study>/epochs.parquet: one row per run and epoch (the train histories);
 - results/<study>/records.jsonl: every full record, plus where its notebook is and how long it took.
 
+Every record passes through studylib.errors.redact on its way into a table: no secret reaches one.
+
 Read them with load_runs(study), load_epochs(study) and load_records(study, stage=None).
 """
 from __future__ import annotations
@@ -22,7 +24,8 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
-from studylib.paths import book_dir, results_dir
+from studylib.errors import redact
+from studylib.paths import book_dir, check_name, inside, results_dir
 from studylib.study import book
 from studylib.study.execute import glued_record, valid_record
 from studylib.study.manifest import failed_path, read_manifest
@@ -37,7 +40,7 @@ ORDER = ["run_id", "stage", "status", "error", "dataset", "model", "seed", "imag
 
 
 def study_dir(study: str) -> Path:
-    return results_dir() / study
+    return inside(results_dir(), check_name("study", study))
 
 
 def _scalar(v) -> bool:
@@ -48,7 +51,7 @@ def read_cell(cell: dict, book: Path) -> Optional[dict]:
     """The record of one cell (ok or failed), with its notebook path and execution times; None if not run."""
     import nbformat  # lazy: only reading a study's notebooks needs it, not the notebooks that load its tables
 
-    out = book / cell["notebook"]
+    out = inside(book, cell["notebook"])
     record, path = valid_record(out, cell["stage"]), out
     if record is None:
         path = failed_path(out)
@@ -60,7 +63,7 @@ def read_cell(cell: dict, book: Path) -> Optional[dict]:
         record = glued if glued and glued.get("status") == "failed" else meta.get("record") or {
             "run_id": cell["run_id"], "stage": cell["stage"], "status": "failed", "params": cell["params"],
             "error": "unknown: the failed notebook carries no error"}
-    record = dict(record)
+    record = redact(dict(record))   # a notebook written before secrets were refused may still hold one
     record["notebook"] = str(path.relative_to(book))
     record["execution"] = meta.get("execution", {})
     record["title"] = cell.get("title", "")

@@ -4,6 +4,8 @@
 <run-id>.running.ipynb; the notebook becomes <run-id>.ipynb when it glued a `record` that validates
 as its stage's record type and says ok, else <run-id>.failed.ipynb with the error and a failed
 record in its metadata. It never raises. The book's report pages run through `run_notebook` too.
+No secret reaches a notebook: parameters that carry one are refused before papermill writes its injected
+cell, and every notebook is scrubbed (studylib.errors.redact) before it is written under its own name.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Optional
 
+from studylib.errors import ParameterError, check_no_secret, redact
 from studylib.record import failed_record, invalid_field
 from studylib.study.manifest import failed_path, running_path
 from studylib.util import atomic_write, now
@@ -21,17 +24,28 @@ KERNEL_ARGS = ["--log-level=ERROR"]     # quiet the kernel's start-up warnings i
 NO_RECORD = "the notebook finished without a valid `record` scrap with status ok"
 
 
-def run_notebook(source: str | Path, out: str | Path, parameters: dict, cwd: str | Path) -> Optional[str]:
-    """Execute `source` into `out` with papermill; None when every cell ran, else the error in one line."""
+def run_notebook(source: str | Path, out: str | Path, parameters: dict, cwd: str | Path,
+                 timeout: Optional[float] = None) -> Optional[str]:
+    """Execute `source` into `out` with papermill; None when every cell ran, else the error in one line.
+
+    timeout: seconds any one cell may run (None: no limit); past it the kernel is stopped and the error says so."""
     import papermill as pm  # lazy: the book's notebooks import this module only to read records
 
     try:
+        check_no_secret("", parameters)   # papermill would write them into the notebook's injected cell
+    except ParameterError as err:
+        return f"ParameterError: {err}"
+    try:
         pm.execute_notebook(str(source), str(out), parameters=parameters, cwd=str(cwd), progress_bar=False,
-                            extra_arguments=KERNEL_ARGS)
+                            extra_arguments=KERNEL_ARGS, execution_timeout=timeout)
+    except TimeoutError as err:   # nbclient's CellTimeoutError (its kernel is shut down)
+        if timeout is None:
+            return redact(f"{type(err).__name__}: {err}")
+        return f"{type(err).__name__}: a cell ran longer than the cell timeout of {timeout:g} s (cell_timeout in the grid file)."
     except pm.PapermillExecutionError as err:
-        return f"{err.ename}: {err.evalue}"
+        return redact(f"{err.ename}: {err.evalue}")
     except Exception as err:  # kernel died, notebook unreadable...
-        return f"{type(err).__name__}: {err}"
+        return redact(f"{type(err).__name__}: {err}")
     return None
 
 
@@ -97,15 +111,34 @@ def hide_injected_parameters(nb) -> None:
             tags.append("remove-cell")
 
 
-def execute_cell(cell: dict, out: str, cwd: str, source: str, worker=None) -> dict:
-    """Run one cell (a manifest.Cell as a dict) into `out`. Never raises: returns what happened."""
+def scrub_notebook(nb) -> None:
+    """Redact, in place, every secret in a notebook's sources, text outputs and metadata (papermill keeps the
+    parameters there too); images are left as they are."""
+    import nbformat  # lazy: only the runner's workers write notebooks
+
+    for c in nb.cells:
+        c.source = redact(c.source)
+        for out in c.get("outputs", []):
+            for key in ("text", "evalue", "traceback"):
+                if key in out:
+                    out[key] = redact(out[key])
+            data = out.get("data", {})
+            for mime in list(data):
+                if not mime.startswith("image/"):
+                    data[mime] = nbformat.from_dict(redact(data[mime]))
+    nb.metadata = nbformat.from_dict(redact(dict(nb.metadata)))
+
+
+def execute_cell(cell: dict, out: str, cwd: str, source: str, worker=None, timeout: Optional[float] = None) -> dict:
+    """Run one cell (a manifest.Cell as a dict) into `out`, each notebook cell within `timeout` seconds.
+    Never raises: returns what happened."""
     import nbformat  # lazy: only the runner's workers write notebooks
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     running, failed = running_path(out), failed_path(out)
     started, t0 = now("milliseconds"), time.perf_counter()
-    error = run_notebook(source, running, cell["params"], cwd)
+    error = run_notebook(source, running, cell["params"], cwd, timeout)
     execution = {"started_at": started, "finished_at": now("milliseconds"), "wall_seconds": time.perf_counter() - t0,
                  "worker": str(worker), "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
     if not error:
@@ -117,9 +150,10 @@ def execute_cell(cell: dict, out: str, cwd: str, source: str, worker=None) -> di
     nb.metadata["studylib"] = {"cell": cell, "execution": execution}
     if error:
         nb.metadata["studylib"]["record"] = failed_record(cell["stage"], cell["params"], error, cell["run_id"])
+    scrub_notebook(nb)
     atomic_write(failed if error else out, lambda path: nbformat.write(nb, path))
     running.unlink(missing_ok=True)
     if not error:
         failed.unlink(missing_ok=True)
     return {"run_id": cell["run_id"], "stage": cell["stage"], "status": "failed" if error else "ok",
-            "error": error, **execution}
+            "error": redact(error), **execution}

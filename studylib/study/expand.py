@@ -5,6 +5,8 @@ models x seeds x hyperparameters (a list is a cartesian product; per-model overr
 `load_grid` validates every parameter before any cell runs and expands the train, data_prep and
 tune cells; deploy and cost cells depend on earlier stages' records and are expanded when their
 stage starts (`expand_deploy`, `expand_cost`). Any mistake is one ParameterError sentence.
+`cell_timeout` (stage: seconds) bounds how long any one notebook cell of a stage may run (CELL_TIMEOUT's
+defaults for the stages it leaves out); past it the grid stops that notebook and records it as failed.
 """
 from __future__ import annotations
 
@@ -21,9 +23,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from studylib.data.registry import dataset_spec
 from studylib.data.sources import load_imagefolder
-from studylib.errors import DatasetUnavailable, ParameterError
+from studylib.errors import DatasetUnavailable, ParameterError, check_no_secret
 from studylib.params import TrainParams
-from studylib.paths import project_root
+from studylib.paths import NAME, project_root
 from studylib.util import is_uri, read_yaml_file
 from studylib.record import field_path, params_hash, run_id
 from studylib.stages.data_prep import DataPrepParams
@@ -62,10 +64,15 @@ class DeploySection(Section):
     run: Union[str, list[str]] = "best"         # "best" per dataset (best val top-1), or train run ids
 
 
+# Seconds one notebook cell of a stage may run (a train cell's training is one cell): generous for a CPU, a
+# bound for a cell that hangs (a server that never answers); a grid file's `cell_timeout` overrides them.
+CELL_TIMEOUT = {"data_prep": 4 * 3600, "train": 12 * 3600, "tune": 12 * 3600, "deploy": 3600, "cost": 1800}
+
+
 class Grid(BaseModel):
-    """A grid file: the study's name, the stages to run, and a section per stage."""
+    """A grid file: the study's name, the stages to run, a section per stage, and each stage's cell timeout."""
     model_config = ConfigDict(extra="forbid")
-    study: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    study: str = Field(pattern=rf"^{NAME.pattern}$")   # the one pattern of names that become paths
     title: str = ""
     description: str = ""
     stages: list[Literal[STAGES]] = Field(min_length=1)
@@ -74,6 +81,19 @@ class Grid(BaseModel):
     tune: Optional[TuneSection] = None
     deploy: DeploySection = DeploySection()
     cost: Section = Section()
+    cell_timeout: dict[Literal[STAGES], float] = {}
+
+    @field_validator("cell_timeout")
+    @classmethod
+    def _positive(cls, v):
+        for stage, seconds in v.items():
+            if not seconds > 0:
+                raise ParameterError(f"cell_timeout.{stage}", seconds, "greater than 0")
+        return v
+
+    def timeout(self, stage: str) -> float:
+        """Seconds any one notebook cell of `stage` may run."""
+        return self.cell_timeout.get(stage, CELL_TIMEOUT[stage])
 
     @field_validator("train", mode="before")
     @classmethod
@@ -104,6 +124,7 @@ def load_grid(path: str | Path, data: str | Path | None = None) -> tuple[Grid, d
     raw = read_yaml_file(path, "grid file", "an existing YAML file such as params/quick.yaml")
     if not isinstance(raw, dict):
         raise ParameterError("grid file", str(path), "a YAML mapping with study, stages and train")
+    check_no_secret("", raw)   # before any cell: a secret would reach cells.json, the notebooks and the tables
     try:
         grid = Grid.model_validate(raw)
     except ValidationError as err:
@@ -346,7 +367,7 @@ def data_study_name(study: str, folder: Path) -> str:
     """<study>-<folder name>: the name in ASCII letters, digits, '_' and '.', accents dropped, any other
     run of characters one '-' (a name with none left: a hash of the path), safe as a file name."""
     name = unicodedata.normalize("NFKD", folder.name).encode("ascii", "ignore").decode()
-    name = re.sub(r"[^A-Za-z0-9_.]+", "-", name).strip("-.")
+    name = re.sub(r"[^A-Za-z0-9_.]+", "-", name).strip("-.")[:100].strip("-.")   # a name (paths.NAME), however long
     return f"{study}-{name or 'data-' + hashlib.sha256(str(folder).encode()).hexdigest()[:8]}"
 
 

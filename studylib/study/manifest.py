@@ -2,7 +2,8 @@
 
 The grid runner writes the manifest; collect, the book and a rerun read it. An executed cell is
 book/<stage>/<run-id>.ipynb; while it runs it is <run-id>.running.ipynb, and a failed one is kept
-as <run-id>.failed.ipynb.
+as <run-id>.failed.ipynb. A cell's stage and run id are names (studylib.paths.check_name), so its notebook
+stays under book/; cells.json holds no secret (studylib.errors.redact).
 """
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from studylib.paths import book_dir, project_root, results_dir
+from studylib.errors import redact
+from studylib.paths import book_dir, check_name, inside, project_root, results_dir
 from studylib.util import atomic_write_json
 
 STAGES = ("data_prep", "train", "tune", "deploy", "cost")   # the order a grid runs them in
@@ -27,7 +29,11 @@ class Cell:
     notebook: str = ""          # book-relative path of the executed notebook, e.g. train/<run-id>.ipynb
 
     def __post_init__(self):
+        check_name("stage", self.stage)
+        check_name("run id", self.run_id)
         self.notebook = self.notebook or f"{self.stage}/{self.run_id}.ipynb"
+        for part in self.notebook.split("/"):   # a path read back from cells.json: names only, no '..'
+            check_name("notebook", part)
 
 
 def notebooks_dir() -> Path:
@@ -48,7 +54,7 @@ def running_path(out: Path) -> Path:
 
 
 def manifest_path(study: str) -> Path:
-    return results_dir() / study / "cells.json"
+    return inside(results_dir(), check_name("study", study), "cells.json")
 
 
 @dataclass
@@ -68,7 +74,7 @@ class Manifest:
 
     def write(self) -> None:
         atomic_write_json(self.path, {"study": self.study, "grid": self.grid, "book": str(book_dir()),
-                                      "cells": [asdict(c) for c in self.cells]})
+                                      "cells": [redact(asdict(c)) for c in self.cells]})
 
 
 def read_manifest(study: str) -> dict:
