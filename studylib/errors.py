@@ -96,37 +96,41 @@ def redact(value):
     return _redact(value, _env_secrets())
 
 
-def find_secret(value, where: str = "") -> Optional[str]:
-    """Where in a parameter value a secret sits (a path such as 'storage_options.passphrase' or 'o[0].key';
-    '' for the value itself), or None: a mapping key that names a secret, or text holding a URL with a
-    password or a signed query."""
+def _find(value, where: str):
+    """(where, what an error may show) of the first secret in `value`, or None."""
     if isinstance(value, dict):
         for k, v in value.items():
             path = f"{where}.{k}" if where else str(k)
             if is_secret_key(k) and v not in (None, "", False, {}, []):
-                return path
-            found = find_secret(v, path)
+                return path, "<hidden>"
+            found = _find(v, path)
             if found is not None:
                 return found
     elif isinstance(value, (list, tuple)):
         for i, v in enumerate(value):
-            found = find_secret(v, f"{where}[{i}]")
+            found = _find(v, f"{where}[{i}]")
             if found is not None:
                 return found
     elif isinstance(value, str) and any(url_has_secret(u) for u in URL.findall(value)):
-        return where
+        return where, value   # shown redacted, as every error value is
     return None
+
+
+def find_secret(value) -> Optional[str]:
+    """Where in a parameter value a secret sits (a path such as 'storage_options.passphrase' or 'o[0].key';
+    '' for the value itself), or None: a mapping key that names a secret, or text holding a URL with a
+    password or a signed query."""
+    found = _find(value, "")
+    return None if found is None else found[0]
 
 
 def check_no_secret(parameter: str, value) -> None:
     """Before any work: the one-sentence ParameterError when `value` (a parameter, or a whole mapping of them
     when `parameter` is '') carries a secret, naming where it sits and never repeating it."""
-    where = find_secret(value)
-    if where is None:
-        return
-    name = ".".join(p for p in (parameter, where) if p).replace(".[", "[")
-    shown = value if isinstance(value, str) else "<hidden>"   # a URL is shown redacted; a setting not at all
-    raise ParameterError(name, shown, SECRETS_ALLOWED)
+    found = _find(value, "")
+    if found is not None:
+        where, shown = found
+        raise ParameterError(".".join(p for p in (parameter, where) if p).replace(".[", "["), shown, SECRETS_ALLOWED)
 
 
 class StudyError(Exception):
