@@ -99,11 +99,17 @@ def test_records_never_hold_a_secret():
     assert PW not in r.model_dump_json() and PW not in json.dumps(r.model_dump(mode="json"))
 
 
-def test_a_cell_with_a_secret_is_refused_before_papermill_writes_its_injected_cell(tmp_path):
+def test_a_cell_with_a_secret_is_refused_before_papermill_writes_its_injected_cell(tmp_path, monkeypatch):
+    import papermill
+
+    def never(*args, **kwargs):
+        raise AssertionError("papermill ran")
+    monkeypatch.setattr(papermill, "execute_notebook", never)
     out = tmp_path / "tune" / "tune-x.ipynb"
     cell = manifest.Cell("tune", "tune-x", {"storage": DB_URL})
     result = execute.execute_cell(vars(cell), str(out), str(tmp_path), str(manifest.source_notebook("tune")))
     assert result["status"] == "failed" and PW not in json.dumps(result)
+    assert "parameter 'storage'" in result["error"] and "free of secrets" in result["error"]
     written = execute.failed_path(out)
     assert written.is_file() and PW not in written.read_text()
     assert not execute.running_path(out).exists()
