@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from datetime import datetime
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import yaml
 from studylib.errors import ParameterError
 from studylib.record import RECORD_TYPES, TrainRecord
 from studylib.study import expand, manifest, runner
-from studylib.study.execute import valid_record
+from studylib.study.execute import execute_cell as execute, valid_record
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
@@ -201,6 +202,61 @@ def test_a_notebook_without_a_valid_record_is_not_done(tmp_path):
     path.write_text(path.read_text()[:40])
     assert valid_record(path, "train") is None            # half-written
     assert valid_record(tmp_path / "missing.ipynb", "train") is None
+
+
+# ---- a cell's execution timeout (issue 14 item 10) -------------------------------------------------
+
+def test_cell_timeout_per_stage_from_the_grid_file(tmp_path):
+    grid, _ = expand.load_grid(write_grid(tmp_path, "study: t\nstages: [cost]\n"))
+    assert {s: grid.timeout(s) for s in manifest.STAGES} == expand.CELL_TIMEOUT   # the documented defaults
+    assert all(0 < v < 24 * 3600 for v in expand.CELL_TIMEOUT.values())
+    grid, _ = expand.load_grid(write_grid(tmp_path, "study: t\nstages: [cost]\ncell_timeout: {deploy: 600, cost: 90.5}\n"))
+    assert grid.timeout("deploy") == 600 and grid.timeout("cost") == 90.5
+    assert grid.timeout("train") == expand.CELL_TIMEOUT["train"]
+    for text, message in [("{deploy: 0}", "parameter 'cell_timeout.deploy' is 0, but it must be greater than 0."),
+                          ("{deplyo: 60}", "parameter 'cell_timeout.deplyo' is 'deplyo', but it must be 'data_prep', "
+                                           "'train', 'tune', 'deploy' or 'cost'.")]:
+        with pytest.raises(ParameterError) as info:
+            expand.load_grid(write_grid(tmp_path, f"study: t\nstages: [cost]\ncell_timeout: {text}\n"))
+        assert str(info.value) == message
+
+
+class FakeClient:
+    """Records what run_stage submits, and runs nothing."""
+    def __init__(self):
+        self.submitted = []
+
+    def submit(self, fn, *args, **kwargs):
+        self.submitted.append(args)
+        raise StopIteration   # enough: the arguments are what the test reads
+
+
+def test_run_stage_hands_each_cell_its_stage_timeout(tmp_path, monkeypatch):
+    monkeypatch.setenv("STUDYLIB_BOOK", str(tmp_path / "book"))
+    client = FakeClient()
+    cell = manifest.Cell("deploy", "deploy-x", {"run": "r"})
+    with pytest.raises(StopIteration):
+        runner.run_stage(client, "deploy", [cell], False, None, print, {"skipped": 0}, timeout=12.5)
+    assert client.submitted[0][-1] == 12.5
+
+
+def test_a_cell_past_its_timeout_fails_and_leaves_no_kernel(tmp_path):
+    psutil = pytest.importorskip("psutil")
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("seconds = 1"),
+                                         nbformat.v4.new_code_cell("import time\ntime.sleep(seconds)")])
+    nb.cells[0].metadata["tags"] = ["parameters"]
+    nb.metadata["kernelspec"] = {"name": "python3", "language": "python", "display_name": "Python 3"}
+    source = tmp_path / "sleep.ipynb"
+    nbformat.write(nb, source)
+    cell = {"stage": "train", "run_id": "sleepy", "params": {"seconds": 600}, "notebook": "train/sleepy.ipynb"}
+    out = tmp_path / "book" / "train" / "sleepy.ipynb"
+    res = execute(cell, str(out), str(tmp_path), str(source), timeout=3)
+    assert res["status"] == "failed" and res["wall_seconds"] < 120, res
+    assert res["error"] == "CellTimeoutError: a cell ran longer than the cell timeout of 3 s (cell_timeout in the grid file).", res
+    assert (tmp_path / "book" / "train" / "sleepy.failed.ipynb").is_file() and not out.exists()
+    time.sleep(1)
+    kernels = [p for p in psutil.Process().children(recursive=True) if "ipykernel" in " ".join(p.cmdline())]
+    assert kernels == [], "the timed-out cell's kernel is still running"
 
 
 # ---- the smoke grid, end to end ------------------------------------------------------------------

@@ -17,7 +17,7 @@ import itertools
 import re
 import unicodedata
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -81,15 +81,7 @@ class Grid(BaseModel):
     tune: Optional[TuneSection] = None
     deploy: DeploySection = DeploySection()
     cost: Section = Section()
-    cell_timeout: dict[Literal[STAGES], float] = {}
-
-    @field_validator("cell_timeout")
-    @classmethod
-    def _positive(cls, v):
-        for stage, seconds in v.items():
-            if not seconds > 0:
-                raise ParameterError(f"cell_timeout.{stage}", seconds, "greater than 0")
-        return v
+    cell_timeout: dict[Literal[STAGES], Annotated[float, Field(gt=0)]] = {}
 
     def timeout(self, stage: str) -> float:
         """Seconds any one notebook cell of `stage` may run."""
@@ -104,7 +96,7 @@ class Grid(BaseModel):
 def _first_error(err: ValidationError) -> ParameterError:
     """The grid file's first invalid key as one ParameterError sentence."""
     first = err.errors()[0]
-    path = field_path(first["loc"])
+    path = field_path([part for part in first["loc"] if part != "[key]"])   # a bad dict key: named by itself
     allowed = first.get("msg", "valid").replace("Input should be ", "").replace("String should match pattern", "a name matching")
     if first["type"] == "missing":
         return ParameterError(path, None, "given (it is required)")

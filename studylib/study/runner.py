@@ -2,7 +2,8 @@
 
 The grid file is read and every parameter validated first (studylib.study.expand); each cell is
 one papermill execution of notebooks/<stage>.ipynb into book/<stage>/<run-id>.ipynb
-(studylib.study.execute), fanned out over Dask workers. The runner only orchestrates: a cell whose
+(studylib.study.execute), fanned out over Dask workers, each notebook cell bounded by the grid file's
+cell_timeout for its stage. The runner only orchestrates: a cell whose
 notebook exists with a valid `record` scrap is skipped; a cell runs into <run-id>.running.ipynb
 and is renamed when complete (so an interrupted grid resumes on rerun); a failing cell is kept as
 <run-id>.failed.ipynb with its error, and the grid goes on. Then the study is collected and the
@@ -33,13 +34,15 @@ from studylib.study.expand import expand_cost, expand_deploy, load_grid, run_sta
 from studylib.study.manifest import STAGES, Manifest, failed_path, kept_cells, source_notebook
 
 
-def run_cell_on_worker(cell: dict, out: str, cwd: str, source: str, gpu: bool = False) -> dict:
-    """The task a Dask worker runs: a cell that asks for a GPU gets one of the worker's, then it executes."""
+def run_cell_on_worker(cell: dict, out: str, cwd: str, source: str, gpu: bool = False,
+                       timeout: Optional[float] = None) -> dict:
+    """The task a Dask worker runs: a cell that asks for a GPU gets one of the worker's, then it executes
+    (each notebook cell within `timeout` seconds: the grid file's cell_timeout for its stage)."""
     worker = get_worker().name
     if gpu and "CUDA_VISIBLE_DEVICES" not in os.environ:
         count = max(1, torch.cuda.device_count())
         os.environ["CUDA_VISIBLE_DEVICES"] = str((worker if isinstance(worker, int) else abs(hash(worker))) % count)
-    return execute_cell(cell, out, cwd, source, worker=worker)
+    return execute_cell(cell, out, cwd, source, worker=worker, timeout=timeout)
 
 
 def worker_thread_env(workers: int) -> dict:
@@ -83,8 +86,10 @@ def _on_sigterm(_signum, _frame):
     raise Interrupted()
 
 
-def run_stage(client, stage: str, cells: list, use_gpu: bool, bar, log, summary: dict) -> None:
-    """Submit the stage's cells that are not done yet, and wait for all of them; counts go into `summary`."""
+def run_stage(client, stage: str, cells: list, use_gpu: bool, bar, log, summary: dict,
+              timeout: Optional[float] = None) -> None:
+    """Submit the stage's cells that are not done yet, and wait for all of them; counts go into `summary`.
+    `timeout`: seconds any one notebook cell may run."""
     source = source_notebook(stage)
     futures = {}
     for i, c in enumerate(cells):
@@ -95,7 +100,7 @@ def run_stage(client, stage: str, cells: list, use_gpu: bool, bar, log, summary:
             bar.update(1)
             continue
         gpu = c.gpu and use_gpu
-        fut = client.submit(run_cell_on_worker, asdict(c), str(out), str(project_root()), str(source), gpu,
+        fut = client.submit(run_cell_on_worker, asdict(c), str(out), str(project_root()), str(source), gpu, timeout,
                             key=f"{c.run_id}-{time.time_ns()}", pure=False, priority=-i,
                             resources={"GPU": 1} if gpu else None)
         futures[fut] = c
@@ -154,7 +159,7 @@ def run_grid(path: str | Path, workers: int = 1, scheduler: Optional[str] = None
             manifest.write()
             bar.total += len(stage_cells)
             bar.refresh()
-            run_stage(client, stage, stage_cells, use_gpu, bar, log, summary)
+            run_stage(client, stage, stage_cells, use_gpu, bar, log, summary, timeout=grid.timeout(stage))
             collect.collect(grid.study, quiet=True)   # later stages (deploy, cost) read what this one made
     except (KeyboardInterrupt, Interrupted):
         status = 130
