@@ -3,20 +3,29 @@
 Endpoints
 - POST /predict         one image (multipart field "file") -> top-k labels with probabilities
 - POST /predict/batch   several images (multipart field "files", repeated) -> one result per image
-- GET  /health          {"status": "ok", ...} once the model is loaded
+- GET  /health          {"status": "ok", ...} once the model is loaded, with the admission counters
 - GET  /metadata        model, dataset, classes, preprocessing, limits and a summary of the train record
 - GET  /                a small HTML page: choose an image, see its prediction
 
 The model behind it is studylib.serve.predictor.Predictor; `studylib serve` (studylib.serve.server)
-runs the app on uvicorn. A client's mistake is a 4xx with {"error": ..., "status": ...}: not an image,
-a truncated image, too many bytes or pixels, the wrong content type, an empty body, too many files.
-Inference runs in a small thread pool off the event loop, on one session loaded at start.
+runs the app on uvicorn. Every error is JSON, {"error": ..., "status": ...}, with no path or traceback.
+A client's mistake is a 4xx: not an image, a truncated image, too many bytes or pixels (per image, from
+its header, and per request), the wrong content type, an empty body, too many files, a Host or Origin
+that is not this server's (DNS rebinding, cross-site POSTs).
+
+Under load the server stays bounded: at most limits.max_queue prediction requests are inside it at once
+(being read, waiting or running); the next gets 503 at once, its body read and discarded, never kept.
+Parts over 1 MB wait on disk (Starlette's spooled files) and are decoded from there. A request that has not
+finished after limits.request_timeout seconds gets 408 (its body had not all arrived) or 503, and work
+whose client has gone (or timed out) is dropped: taken off the queue, or stopped before its next image.
+Inference runs in a small thread pool off the event loop, so /health answers while it works.
 """
 from __future__ import annotations
 
 import asyncio
 import html
 import json
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 
@@ -26,9 +35,10 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.exceptions import HTTPException
 
 from studylib.errors import ParameterError
-from studylib.serve.predictor import ApiError, Limits, Predictor
+from studylib.serve.predictor import ApiError, Limits, Predictor, Stopped
 
 ACCEPTED_PART_TYPES = ("image/", "application/octet-stream")
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
 class _BodyLimit:
@@ -57,38 +67,75 @@ class _BodyLimit:
         await self.app(scope, counted, send)
 
 
-async def _send_json(send, status: int, message: str):
+def host_of(value: str) -> str:
+    """'Host' or 'Origin' header -> its host name, lower case, without scheme, port or IPv6 brackets."""
+    value = value.strip().lower().split("://", 1)[-1].split("/", 1)[0]
+    if value.startswith("["):
+        return value[1:].split("]", 1)[0]
+    return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
+
+
+class _HostGuard:
+    """ASGI middleware: only requests addressed to an allowed host name, and no request sent by a page of
+    another origin. A rebound DNS name (a page at evil.example whose name now points at 127.0.0.1) arrives
+    with Host: evil.example; a cross-site form POST arrives with Origin: http://evil.example. Both get 403."""
+
+    def __init__(self, app, allowed: set[str]):
+        self.app, self.allowed = app, allowed
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            headers = dict(scope["headers"])
+            host = host_of(headers.get(b"host", b"").decode("latin-1"))
+            origin = headers.get(b"origin", b"").decode("latin-1")
+            names = ", ".join(sorted(self.allowed))
+            if host not in self.allowed:
+                return await _send_json(send, 403, f"host {host!r} is not one this server answers to ({names}); "
+                                                   "start it with --allowed-host NAME to add one")
+            if origin and host_of(origin) not in self.allowed:
+                return await _send_json(send, 403, f"requests from pages of origin {origin!r} are refused; "
+                                                   f"this server takes them from {names}")
+        await self.app(scope, receive, send)
+
+
+async def _send_json(send, status: int, message: str, headers: dict | None = None):
     body = json.dumps({"error": message, "status": status}).encode()
+    extra = [(k.lower().encode(), str(v).encode()) for k, v in (headers or {}).items()]
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            (b"connection", b"close")]})
+                            (b"connection", b"close"), *extra]})
     await send({"type": "http.response.body", "body": body})
 
 
 def create_app(run: str, backend: str = "onnx", precision: str = "fp32", threads: int = 0, workers: int = 1,
-               top_k: int = 5, limits: Limits = Limits(), spinning: bool = False):
-    """The FastAPI app serving one trained run. workers = inferences that may run at the same time."""
+               top_k: int = 5, limits: Limits = Limits(), spinning: bool = False,
+               allowed_hosts: tuple[str, ...] = ()):
+    """The FastAPI app serving one trained run. workers = inferences that may run at the same time;
+    allowed_hosts = host names besides 127.0.0.1, localhost and ::1 that clients may address it by."""
     if workers < 1:
         raise ParameterError("workers", workers, "a positive integer")
     predictor = Predictor(run, backend, precision, threads, top_k, limits, spinning)
-    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="infer")
+    pools = [ThreadPoolExecutor(max_workers=workers, thread_name_prefix="infer")]
+    counts = {"in_progress": 0, "served": 0, "busy": 0, "dropped": 0, "timed_out": 0}
 
     @asynccontextmanager
     async def lifespan(app):
         yield
-        pool.shutdown(wait=False, cancel_futures=True)
+        pools[0].shutdown(wait=False, cancel_futures=True)   # queued work dropped; a later start gets a new pool
+        pools[0] = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="infer")
 
     app = FastAPI(title=f"studylib: {predictor.record['model']} on {predictor.record['dataset']}",
                   description=__doc__.split("\n\n")[0], version="1", lifespan=lifespan)
     app.state.predictor = predictor
     app.add_middleware(_BodyLimit, max_bytes=limits.max_request_bytes)
+    app.add_middleware(_HostGuard, allowed={host_of(h) for h in (*LOCAL_HOSTS, *allowed_hosts)})
 
-    def error(status: int, message: str) -> JSONResponse:
-        return JSONResponse({"error": message, "status": status}, status_code=status)
+    def error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
+        return JSONResponse({"error": message, "status": status}, status_code=status, headers=headers)
 
     @app.exception_handler(ApiError)
     async def _api_error(request, exc: ApiError):
-        return error(exc.status, exc.message)
+        return error(exc.status, exc.message, exc.headers)
 
     @app.exception_handler(HTTPException)
     async def _http_error(request, exc: HTTPException):
@@ -100,7 +147,16 @@ def create_app(run: str, backend: str = "onnx", precision: str = "fp32", threads
         where = ".".join(str(p) for p in first.get("loc", ()))
         return error(422, f"{where}: {first.get('msg')}")
 
-    async def read_files(request: Request, field: str, most: int) -> list[tuple[str, bytes]]:
+    @app.exception_handler(Exception)
+    async def _server_error(request, exc: Exception):
+        # the server's own fault: the traceback goes to the server's log, never to the client
+        if isinstance(exc, MemoryError):
+            return error(503, "the server ran out of memory for this request; send fewer or smaller images, "
+                              "or retry later", {"Retry-After": "5"})
+        return error(500, "internal server error")
+
+    async def read_files(request: Request, field: str, most: int):
+        """The request's form and its image parts as (name, file): small parts in memory, larger on disk."""
         ctype = request.headers.get("content-type", "")
         if not ctype.lower().startswith("multipart/form-data"):
             raise ApiError(415, f"send multipart/form-data with the image in field '{field}', not {ctype or 'no content type'!r}")
@@ -119,30 +175,91 @@ def create_app(run: str, backend: str = "onnx", precision: str = "fp32", threads
                     raise ApiError(415, f"'{name}' was sent as {kind!r}; send an image type (image/*) or application/octet-stream")
                 if part.size is not None and part.size > limits.max_file_bytes:
                     raise ApiError(413, f"'{name}' has {part.size} bytes, but an image may have at most {limits.max_file_bytes}")
-                files.append((name, await part.read()))
-            return files
-        finally:
+                part.file.seek(0)
+                files.append((name, part.file))
+            return form, files
+        except BaseException:
             await form.close()
+            raise
 
-    async def infer(files, k):
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(pool, predictor.predict, files, k)
+    async def client_gone(request: Request) -> None:
+        """Returns when the client disconnects (after its body, the next ASGI message is the disconnect)."""
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    async def infer(request: Request, images, k):
+        """Run the prediction in the pool; if the client goes first, drop it (queued: cancelled; running:
+        stopped before its next image)."""
+        stop = threading.Event()
+        work = asyncio.ensure_future(asyncio.get_running_loop().run_in_executor(pools[0], predictor.predict_opened, images, k, stop))
+        gone = asyncio.ensure_future(client_gone(request))
+        try:
+            await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+            if not work.done():
+                counts["dropped"] += 1
+                raise ApiError(499, "the client closed the connection before its prediction ran")
+            return work.result()
+        finally:
+            if not work.done():
+                stop.set()
+                work.cancel()
+            gone.cancel()
+
+    async def handle(request: Request, field: str, most: int, k: int | None):
+        """Admission, then the body, the headers' checks and the prediction, all within request_timeout."""
+        if counts["in_progress"] >= limits.max_queue:
+            counts["busy"] += 1
+            await drain(request)
+            raise ApiError(503, f"the server is busy ({limits.max_queue} requests are in progress); retry in a moment",
+                           {"Retry-After": "1"})
+        counts["in_progress"] += 1
+        stage, form = "body", None
+        try:
+            async with asyncio.timeout(limits.request_timeout):
+                form, files = await read_files(request, field, most)
+                stage = "prediction"
+                images = predictor.open_all(files)   # headers only: sizes and pixel budgets before any decode
+                results = await infer(request, images, k)
+        except TimeoutError:
+            counts["timed_out"] += 1
+            if stage == "body":
+                raise ApiError(408, f"the request body did not arrive within {limits.request_timeout:g} s") from None
+            raise ApiError(503, f"the prediction did not finish within {limits.request_timeout:g} s; retry with fewer "
+                                "images", {"Retry-After": "1"}) from None
+        except Stopped:
+            counts["dropped"] += 1
+            raise ApiError(499, "the prediction was stopped") from None
+        finally:
+            counts["in_progress"] -= 1
+            if form is not None:
+                await form.close()
+        counts["served"] += 1
+        return results
+
+    async def drain(request: Request) -> None:
+        """Read and discard a refused request's body (bounded by the body limit and the timeout), so the
+        client sees the reply instead of a reset connection; nothing of it is kept."""
+        try:
+            async with asyncio.timeout(min(limits.request_timeout, 5)):
+                async for _ in request.stream():
+                    pass
+        except (TimeoutError, ApiError, Exception):
+            pass
 
     top_k_query = Query(None, ge=1, le=len(predictor.classes), description="how many labels to return")
 
     @app.post("/predict", summary="Classify one image (multipart field 'file')")
     async def predict(request: Request, top_k: int | None = top_k_query):
-        files = await read_files(request, "file", 1)
-        return JSONResponse((await infer(files, top_k))[0])
+        return JSONResponse((await handle(request, "file", 1, top_k))[0])
 
     @app.post("/predict/batch", summary="Classify several images (multipart field 'files', repeated)")
     async def predict_batch(request: Request, top_k: int | None = top_k_query):
-        files = await read_files(request, "files", limits.max_files)
-        return JSONResponse({"results": await infer(files, top_k)})
+        return JSONResponse({"results": await handle(request, "files", limits.max_files, top_k)})
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "run_id": predictor.record["run_id"], "backend": backend, "precision": precision}
+        return {"status": "ok", "run_id": predictor.record["run_id"], "backend": backend, "precision": precision,
+                **counts}
 
     @app.get("/metadata")
     async def metadata():

@@ -39,22 +39,51 @@ FILES = {"checkpoint": "model.pt", "torch_export": "model.pt2", "onnx": "model.o
 
 # ---------------------------------------------------------------- runs and files
 
+RECORD_KEYS = ("run_id", "model", "dataset", "classes", "image_size", "data", "params")  # what serving reads
+
+
 def resolve_run(run: str) -> tuple[Path, dict]:
-    """A run id (looked up in runs/) or a run folder -> (folder, train record). ParameterError if neither."""
+    """A run id (looked up in runs/) or a run folder -> (folder, train record). ParameterError (one sentence
+    naming the file) if neither, or if its record.json is not a finished train run's record."""
     if not run or not str(run).strip():
         raise ParameterError("run", run, "a train run id (a folder in runs/) or a run folder holding record.json and model.pt")
     candidates = [Path(run), runs_dir() / str(run)]
     for folder in candidates:
-        if (folder / "record.json").is_file():
-            record = json.loads((folder / "record.json").read_text())
-            if record.get("stage", "train") != "train" or record.get("status", "ok") != "ok":
-                raise ParameterError("run", run, "a finished train run (status 'ok'), not a failed or non-train record")
+        path = folder / "record.json"
+        if path.is_file():
+            try:
+                record = json.loads(path.read_text())
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+                raise ParameterError("run", run, f"a run whose record.json can be read, but {path} cannot ({one_line(err)})") from None
+            if not isinstance(record, dict) or record.get("stage", "train") != "train" or record.get("status", "ok") != "ok":
+                raise ParameterError("run", run, f"a finished train run (status 'ok'), but {path} is a failed or non-train record")
+            missing = [k for k in RECORD_KEYS if k not in record]
+            if missing:
+                raise ParameterError("run", run, f"a train run's record, but {path} has no {', '.join(missing)}")
             checkpoint = folder / FILES["checkpoint"]
             if not checkpoint.is_file():
-                raise ParameterError("run", run, f"a run folder with its checkpoint {FILES['checkpoint']}")
+                raise ParameterError("run", run, f"a run folder with its checkpoint, but {checkpoint} is missing")
             record["checkpoint"] = str(checkpoint)  # the folder may have moved since training
             return folder.resolve(), record
     raise ParameterError("run", run, f"a train run id in {runs_dir()} or a run folder holding record.json and model.pt")
+
+
+def one_line(err: BaseException, most: int = 200) -> str:
+    """An exception as a short phrase for a one-sentence error: its type and the first line of its text."""
+    text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    text = text if len(text) <= most else text[:most] + "..."
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+def load_or_refuse(path: Path, load, remedy: str = ""):
+    """load() (a session, a checkpoint) or a ParameterError naming the file it could not load."""
+    try:
+        return load()
+    except ParameterError:
+        raise
+    except Exception as err:
+        raise ParameterError("run", str(path.parent), f"a run whose {path.name} loads, but {path} does not "
+                                                     f"({one_line(err)}){'; ' + remedy if remedy else ''}") from None
 
 
 def file_mb(path: Path) -> float:
@@ -254,14 +283,20 @@ def export_run(run: str, calibration_images: int = 256, int8: bool = True, data=
 
 
 def ensure_onnx(folder: Path, record: dict, int8: bool = False) -> Path:
-    """The run's ONNX file (int8 or fp32), exporting it first when it is missing or older than the checkpoint."""
+    """The run's ONNX file (int8 or fp32). A missing or stale fp32 file (older than the checkpoint) is exported
+    from the checkpoint first; anything that would need more (the int8 file: calibration needs the run's train
+    images; a folder that cannot be written) is a ParameterError naming the file, with nothing written."""
     path = folder / FILES["onnx_int8" if int8 else "onnx"]
     checkpoint = folder / FILES["checkpoint"]
     if path.is_file() and path.stat().st_mtime >= checkpoint.stat().st_mtime:
         return path
-    if int8:  # calibration needs the run's train images
-        export_run(str(folder), int8=True)
-    else:     # fp32 needs only the checkpoint
-        program = export_program(load_checkpoint(record, "cpu"), record["image_size"], folder / FILES["torch_export"])
-        export_onnx(program, path)
-    return path
+    state = "older than model.pt" if path.is_file() else "missing"
+    if int8:
+        raise ParameterError("precision", "int8", f"'fp32' unless the run has its int8 model, but {path} is {state} "
+                                                  "(the deploy stage calibrates and writes it)")
+    if not os.access(folder, os.W_OK):
+        raise ParameterError("run", str(folder), f"a run whose {path.name} is newer than model.pt or whose folder can be "
+                                                 f"written, but {path} is {state} and {folder} is read-only")
+    model = load_or_refuse(checkpoint, lambda: load_checkpoint(record, "cpu"))
+    program = export_program(model, record["image_size"], folder / FILES["torch_export"])
+    return export_onnx(program, path)

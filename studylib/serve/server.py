@@ -2,6 +2,9 @@
 
     studylib serve <run-id or run dir> --port 8000 [--backend onnx|torch] [--precision fp32|int8]
 
+A run folder that cannot be served (an unreadable record.json, a model file that does not load, an int8
+model that was never calibrated, a read-only folder that would need an export) stops it before it listens,
+with one sentence naming the file and exit code 2, and nothing written into the folder.
 `add_arguments`/`run` are the command (studylib.cli dispatches to them); `ServerProcess` starts it on
 127.0.0.1 and a free port, waits for /health, and stops it when its `with` block ends.
 """
@@ -21,9 +24,14 @@ from pathlib import Path
 
 from PIL import Image
 
-from studylib.errors import ParameterError
+from studylib.errors import ParameterError, StudyError
 from studylib.serve.app import create_app
 from studylib.serve.predictor import Limits
+
+
+LIMIT_CONCURRENCY = 256
+LIMIT_NAMES = ("max_file_bytes", "max_pixels", "max_files", "max_request_bytes", "max_request_pixels", "max_queue",
+               "request_timeout")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -42,13 +50,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-pixels", type=int, default=Limits.max_pixels)
     parser.add_argument("--max-files", type=int, default=Limits.max_files)
     parser.add_argument("--max-request-bytes", type=int, default=Limits.max_request_bytes)
+    parser.add_argument("--max-request-pixels", type=int, default=Limits.max_request_pixels,
+                        help="pixels one request may decode in all (a JPEG counts at its reduced decoding scale)")
+    parser.add_argument("--max-queue", type=int, default=Limits.max_queue,
+                        help="prediction requests inside the server at once (read, waiting or running); the next gets 503")
+    parser.add_argument("--request-timeout", type=float, default=Limits.request_timeout,
+                        help="seconds a prediction request may take, its body included (then 408 or 503)")
+    parser.add_argument("--limit-concurrency", type=int, default=LIMIT_CONCURRENCY,
+                        help="open connections uvicorn accepts before it answers 503 itself (a backstop above --max-queue)")
+    parser.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                        help="a host name clients may address the server by, besides 127.0.0.1, localhost and ::1 "
+                             "(repeat it; --host's own name is added)")
     parser.add_argument("--log-level", default="warning")
 
 
 def run(args: argparse.Namespace) -> int:
     try:
         return _serve(args)
-    except ParameterError as err:
+    except StudyError as err:
         print(f"studylib serve: {err}", file=sys.stderr)
         return 2
 
@@ -57,18 +76,18 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn  # lazy: only the serving process needs it; notebooks and tests start it as a subprocess
     if not 0 <= args.port <= 65535:
         raise ParameterError("port", args.port, "between 0 and 65535")
-    for name in ("max_file_bytes", "max_pixels", "max_files", "max_request_bytes"):
-        if getattr(args, name) < 1:
-            raise ParameterError(name.replace("_", "-"), getattr(args, name), "a positive integer")
-    limits = Limits(max_file_bytes=args.max_file_bytes, max_pixels=args.max_pixels, max_files=args.max_files,
-                    max_request_bytes=args.max_request_bytes)
+    if args.limit_concurrency < 1:
+        raise ParameterError("limit-concurrency", args.limit_concurrency, "a positive integer")
+    limits = Limits(**{name: getattr(args, name) for name in LIMIT_NAMES})   # each checked there
     # PIL's own decompression-bomb guard at the same limit (it warns above it and refuses twice it);
     # open_image checks the size from the header first and answers 413, so the warning is noise here.
     Image.MAX_IMAGE_PIXELS = limits.max_pixels
     warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+    hosts = tuple(args.allowed_host) + (() if args.host in ("0.0.0.0", "::", "") else (args.host,))
     app = create_app(args.run, args.backend, args.precision, args.threads, args.workers, args.top_k, limits,
-                     spinning=args.spinning)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False)
+                     spinning=args.spinning, allowed_hosts=hosts)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False,
+                limit_concurrency=args.limit_concurrency)
     return 0
 
 
