@@ -175,3 +175,32 @@ def test_a_remote_file_that_changed_is_fetched_again(s3, study_env, tmp_path, mo
     assert second.ensure(second.local_path(changed)).read_bytes() == bytes(new)
     assert second.ensure(second.local_path(kept)).read_bytes() == files[1].read_bytes()
     assert second.fetched_files == 1           # only the changed object crossed the network
+
+
+def test_object_keys_cannot_leave_the_mirror_and_only_images_under_the_cap_are_fetched(s3, study_env, tmp_path,
+                                                                                        monkeypatch):
+    """Issue 14 item 3: a key with '../' wrote outside the local mirror; every object was fetched, any size."""
+    import boto3
+    client = boto3.client("s3", endpoint_url=s3["endpoint"])
+    images = sorted(p for p in s3["local"].rglob("*.jpg"))
+    for p in images:
+        client.upload_file(str(p), BUCKET, f"hostile/{p.relative_to(s3['local']).as_posix()}")
+    small = max(p.stat().st_size for p in images)
+    client.put_object(Bucket=BUCKET, Key="hostile/../../../../escaped.jpg", Body=images[0].read_bytes())
+    client.put_object(Bucket=BUCKET, Key="hostile/train/a/../../../../../escaped2.jpg", Body=images[0].read_bytes())
+    client.put_object(Bucket=BUCKET, Key="hostile/train/a/payload.sh", Body=b"#!/bin/sh\necho hi\n")
+    client.put_object(Bucket=BUCKET, Key="hostile/train/a/huge.png", Body=b"\x89PNG" + b"\0" * (small + 100))
+    monkeypatch.setattr(storage, "MAX_FILE_BYTES", small + 50)
+    for mode in ("prefetch", "lazy"):
+        mirror = tmp_path / f"deep/er/mirror-{mode}"
+        monkeypatch.setenv("STUDYLIB_REMOTE", str(mirror))
+        root = storage.open_root(f"s3://{BUCKET}/hostile", mode)
+        if mode == "lazy":
+            for rel in root.files:
+                root.ensure(root.local_path(rel))
+        assert set(root.files) == {p.relative_to(s3["local"]).as_posix() for p in images}
+        assert root.report()["skipped"] == {"unsafe path": 2, "not an image": 1, "over the size cap": 1}
+        assert not list(tmp_path.rglob("escaped*.jpg")) and not list(tmp_path.rglob("payload.sh"))
+        assert not list(tmp_path.rglob("huge.png"))
+        with pytest.raises(ValueError, match="a path inside"):
+            root.local_path("../../escaped.jpg")

@@ -16,6 +16,11 @@ Credentials never pass through here: the storage library reads them from its usu
 GOOGLE_APPLICATION_CREDENTIALS, ...). `storage_options` may carry only settings that are not
 secret (endpoint_url, region_name, anon, ...); the endpoint can also come from AWS_ENDPOINT_URL.
 URIs are recorded and shown without any user:password part or query string.
+
+What crosses into the mirror is bounded: an object whose key would leave the mirror ('..', an absolute
+or empty part) is never fetched, nor (for an image dataset) anything but images and the checksum list,
+nor a file over MAX_FILE_BYTES; each is counted in the report's `skipped`. Every local path is built
+by studylib.paths.inside, which refuses one outside the mirror.
 """
 from __future__ import annotations
 
@@ -30,10 +35,13 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from studylib.errors import DatasetUnavailable, ParameterError, check_no_secret, redact_url
-from studylib.paths import cache_dir
+from studylib.paths import cache_dir, inside
 
 MODES = ("prefetch", "lazy")
 LOG_NAME = ".studylib-fetched.jsonl"
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")   # as data.sources reads
+CHECKSUM_LIST = re.compile(r"(sha256|sha512|sha1|md5)sums(\.txt)?", re.IGNORECASE)       # as data.integrity reads
+MAX_FILE_BYTES = 64 * 2**20      # no image the study reads comes near it; a bigger object is never fetched
 
 
 def remote_dir() -> Path:
@@ -93,6 +101,18 @@ def mirror_path(uri: str, storage_options: dict | None = None) -> Path:
     return remote_dir() / protocol / f"{slug}-{digest}"
 
 
+def skip_reason(rel: str, size, only_images: bool, max_bytes: int) -> str | None:
+    """Why a listed object stays out of the mirror ('unsafe path', 'not an image', 'over the size cap'), or None."""
+    parts = rel.split("/")
+    if rel.startswith("/") or "\\" in rel or "\0" in rel or any(p in ("", ".", "..") for p in parts):
+        return "unsafe path"
+    if only_images and not (rel.lower().endswith(IMAGE_SUFFIXES) or (len(parts) == 1 and CHECKSUM_LIST.fullmatch(rel))):
+        return "not an image"
+    if isinstance(size, int) and size > max_bytes:
+        return "over the size cap"
+    return None
+
+
 @dataclass
 class RemoteRoot:
     """A remote dataset root and its local mirror. `files` maps each relative path to its remote signature."""
@@ -105,6 +125,8 @@ class RemoteRoot:
     fetched_files: int = 0
     fetched_bytes: int = 0
     fetch_seconds: float = 0.0      # prefetch: the bulk copy; lazy: summed time of the per-item fetches
+    skipped: dict = field(default_factory=dict)   # reason -> objects listed but never fetched (skip_reason)
+    max_bytes: int = MAX_FILE_BYTES
     _fs: object = field(default=None, repr=False)
     _base: str = field(default="", repr=False)
     _have: dict = field(default_factory=dict, repr=False)   # relpath -> signature of the local copy
@@ -115,13 +137,13 @@ class RemoteRoot:
         return Path(local_path).relative_to(self.local).as_posix()
 
     def local_path(self, rel: str) -> Path:
-        return self.local / rel
+        return inside(self.local, rel)
 
     def signature(self, local_path) -> str:
         return self.files[self.relative(local_path)]
 
     def present(self, rel: str) -> bool:
-        return self._have.get(rel) == self.files.get(rel) and (self.local / rel).exists()
+        return self._have.get(rel) == self.files.get(rel) and self.local_path(rel).exists()
 
     # --- fetching -----------------------------------------------------------------------
     def _log(self, rels: list[str]) -> None:
@@ -137,13 +159,15 @@ class RemoteRoot:
         if rel not in self.files:
             raise FileNotFoundError(f"{rel} is not under {self.uri}")
         if self.present(rel):
-            return self.local / rel
+            return self.local_path(rel)
         t0 = time.perf_counter()
-        dest = self.local / rel
+        dest = self.local_path(rel)
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_name(f"{dest.name}.part-{os.getpid()}-{threading.get_ident()}")
         try:
             self._fs.get_file(f"{self._base}/{rel}", str(tmp))
+            if tmp.stat().st_size > self.max_bytes:   # grew since it was listed
+                self._too_big(rel)
             os.replace(tmp, dest)
         finally:
             if tmp.exists():
@@ -163,22 +187,28 @@ class RemoteRoot:
         if todo:
             tmps = []
             for rel in todo:
-                dest = self.local / rel
+                dest = self.local_path(rel)
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 tmps.append(dest.with_name(f"{dest.name}.part-{os.getpid()}"))
             try:
                 self._fs.get([f"{self._base}/{rel}" for rel in todo], [str(t) for t in tmps])
                 for rel, tmp in zip(todo, tmps):
-                    os.replace(tmp, self.local / rel)
+                    if tmp.stat().st_size > self.max_bytes:   # grew since it was listed
+                        self._too_big(rel)
+                    os.replace(tmp, self.local_path(rel))
             finally:
                 for tmp in tmps:
                     if tmp.exists():
                         tmp.unlink()
             self._log(todo)
             self.fetched_files += len(todo)
-            self.fetched_bytes += sum((self.local / rel).stat().st_size for rel in todo)
+            self.fetched_bytes += sum(self.local_path(rel).stat().st_size for rel in todo)
         self.prefetch_seconds = time.perf_counter() - t0
         self.fetch_seconds = self.prefetch_seconds
+
+    def _too_big(self, rel: str):
+        raise DatasetUnavailable(f"'{rel}' under '{self.uri}' is larger than the {self.max_bytes} bytes a file of a "
+                                 "dataset may have; it was listed smaller and changed while being fetched.")
 
     def total_bytes(self) -> int:
         sizes = (sig.split(";", 1)[0] for sig in self.files.values())
@@ -190,7 +220,7 @@ class RemoteRoot:
                 "bytes": self.total_bytes(), "list_seconds": round(self.list_seconds, 4),
                 "prefetch_seconds": round(self.prefetch_seconds, 4) if self.mode == "prefetch" else None,
                 "fetched_files": self.fetched_files, "fetched_bytes": self.fetched_bytes,
-                "fetch_seconds": round(self.fetch_seconds, 4)}
+                "fetch_seconds": round(self.fetch_seconds, 4), "skipped": dict(self.skipped)}
 
 
 def _read_log(local: Path) -> dict:
@@ -208,8 +238,12 @@ def _read_log(local: Path) -> dict:
     return have
 
 
-def open_root(uri: str, mode: str = "prefetch", storage_options: dict | None = None) -> RemoteRoot:
-    """List a remote root and set up its mirror; in `prefetch` mode also copy everything now."""
+def open_root(uri: str, mode: str = "prefetch", storage_options: dict | None = None,
+              only_images: bool = True) -> RemoteRoot:
+    """List a remote root and set up its mirror; in `prefetch` mode also copy everything now.
+
+    only_images: fetch images and the checksum list only (an image folder); False for a dataset copied whole
+    with its metadata files. Either way no object leaves the mirror or exceeds MAX_FILE_BYTES."""
     if mode not in MODES:
         raise ParameterError("storage_mode", mode, f"one of {', '.join(MODES)}")
     options = check_storage_options(storage_options)
@@ -223,20 +257,25 @@ def open_root(uri: str, mode: str = "prefetch", storage_options: dict | None = N
     except Exception as err:  # permission, endpoint, network: one sentence, no credentials
         raise DatasetUnavailable(f"root '{redact_url(uri)}' could not be listed ({type(err).__name__}: "
                                  f"{err}); check the endpoint and the credentials in the environment.") from None
-    files = {}
+    files, skipped = {}, {}
     for name, info in listing.items():
         if info.get("type", "file") != "file":
             continue
         rel = name[len(base):].lstrip("/") if name.startswith(base) else name
         if rel and not rel.endswith("/") and LOG_NAME not in rel:
-            files[rel] = _signature(info)
+            why = skip_reason(rel, info.get("size"), only_images, MAX_FILE_BYTES)
+            if why:
+                skipped[why] = skipped.get(why, 0) + 1
+            else:
+                files[rel] = _signature(info)
     if not files:
         raise DatasetUnavailable(f"root '{redact_url(uri)}' holds no files; expected root/<split>/<class>/<image> "
                                  "or root/<class>/<image> there.")
     local = mirror_path(uri, options)
     local.mkdir(parents=True, exist_ok=True)
     root = RemoteRoot(uri=redact_url(uri), mode=mode, local=local, files=dict(sorted(files.items())),
-                      list_seconds=time.perf_counter() - t0, _fs=fs, _base=base, _have=_read_log(local))
+                      list_seconds=time.perf_counter() - t0, skipped=skipped, max_bytes=MAX_FILE_BYTES,
+                      _fs=fs, _base=base, _have=_read_log(local))
     if mode == "prefetch":
         root.prefetch()
     return root
