@@ -3,18 +3,21 @@
 `StageParams` is the base of TrainParams here and of each stage's params class
 (stages/data_prep.py, stages/tune.py, stages/deploy.py, stages/cost/params.py).
 `from_mapping(d)` returns the validated parameters or raises ParameterError with one sentence:
-the parameter, the bad value and what is allowed. `from_namespace(globals())` picks the class's
-fields out of a notebook's globals (the papermill parameters cell).
+the parameter, the bad value and what is allowed; an unknown name is refused with the nearest known
+one. `from_namespace(globals())` reads a notebook's parameters out of its globals: the class's fields,
+and every other global that is plain data (what papermill can inject), so `papermill -p epoch 3` is
+refused before any work instead of ignored.
 """
 from __future__ import annotations
 
+import difflib
 from typing import Annotated, ClassVar, Literal, Union
 
 import torch
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, ValidationError, ValidationInfo, field_validator, model_validator
 
 from studylib.data.registry import check_root, dataset_spec
-from studylib.errors import ParameterError
+from studylib.errors import ParameterError, check_no_secret
 from studylib.models import fixed_image_size, min_image_size, model_family
 
 
@@ -58,8 +61,9 @@ class StageParams(BaseModel):
 
     @classmethod
     def from_namespace(cls, namespace: dict):
-        """Pick this class's fields out of a notebook's globals (the papermill parameters)."""
-        return cls.from_mapping({k: namespace[k] for k in cls.model_fields if k in namespace})
+        """The parameters in a notebook's globals: its fields, and any injected name it does not know
+        (refused by from_mapping, naming the nearest field)."""
+        return cls.from_mapping({k: v for k, v in namespace.items() if k in cls.model_fields or injected(k, v)})
 
 
 class TrainParams(StageParams):
@@ -139,6 +143,26 @@ class TrainParams(StageParams):
         return self.model_dump(exclude={"output_dir"})
 
 
+# What papermill can inject (`-p`, `-y`, `-f`): plain data. IPython's own globals (In, Out, _i1, ...) and
+# constants a notebook imports (UPPER_CASE, e.g. SPLITS) are left out.
+PLAIN_DATA = (bool, int, float, str, list, tuple, dict, type(None))
+IPYTHON_GLOBALS = frozenset({"In", "Out"})
+
+
+def injected(name: str, value) -> bool:
+    """Whether a notebook global could be a parameter papermill injected: plain data under a public,
+    not upper-case name."""
+    return (not name.startswith("_") and not name.isupper() and name not in IPYTHON_GLOBALS
+            and isinstance(value, PLAIN_DATA))
+
+
+def unknown_allowed(name: str, known, stage: str) -> str:
+    """The "allowed" part of the sentence for an unknown parameter: the nearest known name, then all of them."""
+    nearest = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+    near = f"the nearest is '{nearest[0]}'; " if nearest else ""
+    return f"one of the {stage} parameters ({near}all: {', '.join(sorted(known))})"
+
+
 def validate_mapping(cls, values: dict, stage: str, allowed: dict | None = None, secret: tuple = ()):
     """Build the pydantic model `cls` from `values`, or raise one ParameterError sentence:
     an unknown key, or the first invalid value with what is allowed.
@@ -149,7 +173,8 @@ def validate_mapping(cls, values: dict, stage: str, allowed: dict | None = None,
     fields = set(cls.model_fields)
     unknown = sorted(set(values) - fields)
     if unknown:
-        raise ParameterError(unknown[0], values[unknown[0]], f"one of the {stage} parameters ({', '.join(sorted(fields))})")
+        raise ParameterError(unknown[0], values[unknown[0]], unknown_allowed(unknown[0], fields, stage))
+    check_no_secret("", values)   # a secret is never a parameter: it would reach the record and the notebook
     try:
         return cls(**values)
     except ValidationError as err:

@@ -58,3 +58,28 @@ def test_a_changed_default_is_caught(stage, tmp_path):
     nbformat.write(nb, path)
     shown = pm.inspect_notebook(str(path))
     assert ast.literal_eval(shown[first]["default"]) != field_default(params_class(stage).model_fields[first])
+
+
+TYPOS = {"train": ("epoch", 3, "epochs"), "data_prep": ("image_size", 32, "image_sizes"),
+         "tune": ("n_trial", 2, "n_trials"), "deploy": ("concurency", [1], "concurrency"),
+         "cost": ("studdy", "quick", "study")}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", sorted(PARAMS_CLASSES))
+def test_a_parameter_the_notebook_does_not_know_stops_it_before_any_work(stage, tmp_path, study_env):
+    """`papermill notebooks/<stage>.ipynb out.ipynb -p epoch 3`: one sentence naming the typo and the nearest
+    parameter, raised by the validation cell (the first after the parameters), in a real kernel whose own
+    globals (In, Out, get_ipython, ...) the check leaves alone."""
+    typo, value, nearest = TYPOS[stage]
+    out = tmp_path / "out.ipynb"
+    with pytest.raises(pm.PapermillExecutionError) as info:
+        pm.execute_notebook(str(NOTEBOOKS / f"{stage}.ipynb"), str(out), parameters={typo: value},
+                            cwd=str(NOTEBOOKS.parent), progress_bar=False, kernel_name="python3")
+    assert info.value.ename == "ParameterError", info.value.evalue
+    assert info.value.evalue.startswith(f"parameter '{typo}' is {value!r}") and f"the nearest is '{nearest}'" in info.value.evalue
+    import nbformat
+    cells = [c for c in nbformat.read(out, as_version=4).cells if c.cell_type == "code"]
+    failed = next(i for i, c in enumerate(cells) if any(o.get("output_type") == "error" for o in c.get("outputs", [])))
+    injected = next(i for i, c in enumerate(cells) if "injected-parameters" in c.metadata.get("tags", []))
+    assert failed == injected + 1, f"notebooks/{stage}.ipynb failed in code cell {failed}, not in its validation cell"

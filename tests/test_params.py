@@ -3,6 +3,7 @@ import pytest
 
 from studylib.errors import ParameterError
 from studylib.params import TrainParams
+from studylib.stages.data_prep import DataPrepParams
 
 
 @pytest.mark.parametrize("bad, parameter, value_text, allowed_text", [
@@ -43,3 +44,24 @@ def test_defaults_are_valid_and_hashable():
     assert rid != run_id("train", TrainParams.from_mapping({"seed": 1}).run_params())
     # where the outputs go does not change what the run is
     assert rid == run_id("train", TrainParams.from_mapping({"output_dir": "/elsewhere"}).run_params())
+
+
+def test_a_notebook_parameter_nobody_knows_is_refused_with_the_nearest_name():
+    """papermill -p epoch 3 (a typo of epochs) lands in the notebook's globals: refused, naming both names."""
+    import json
+    namespace = {"In": [], "Out": {}, "_i1": "import x", "json": json, "TrainParams": TrainParams,
+                 "get_ipython": print, "SPLITS": ("train",), "dataset": "clothing10", "epoch": 3}
+    with pytest.raises(ParameterError) as info:
+        TrainParams.from_namespace(namespace)
+    assert info.value.parameter == "epoch" and "'epochs'" in str(info.value)
+    assert str(info.value).count("\n") == 0 and str(info.value).endswith(".")
+    del namespace["epoch"]  # modules, classes, functions, constants and IPython's own names are not parameters
+    assert TrainParams.from_namespace(namespace).epochs == 5
+
+
+def test_every_params_class_refuses_an_unknown_key_naming_the_nearest():
+    """One mechanism for every stage: the unknown-key check of validate_mapping."""
+    with pytest.raises(ParameterError, match=r"parameter 'storage_mod' is 'lazy'.*nearest.*'storage_mode'"):
+        DataPrepParams.from_mapping({"storage_mod": "lazy"})
+    with pytest.raises(ParameterError, match=r"parameter 'storage_mode' is 'lazy', but it must be one of the train"):
+        TrainParams.from_namespace({"storage_mode": "lazy"})
