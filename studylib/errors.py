@@ -96,12 +96,20 @@ def redact(value):
     return _redact(value, _env_secrets())
 
 
+def _file_path(value) -> bool:
+    """True for text that names an existing file: a credentials file named by path (gcsfs's token, ...)."""
+    try:
+        return isinstance(value, str) and "\n" not in value and os.path.isfile(os.path.expanduser(value))
+    except (OSError, ValueError):
+        return False
+
+
 def _find(value, where: str):
     """(where, what an error may show) of the first secret in `value`, or None."""
     if isinstance(value, dict):
         for k, v in value.items():
             path = f"{where}.{k}" if where else str(k)
-            if is_secret_key(k) and v not in (None, "", False, {}, []):
+            if is_secret_key(k) and v not in (None, "", False, {}, []) and not _file_path(v):
                 return path, "<hidden>"
             found = _find(v, path)
             if found is not None:
@@ -118,8 +126,8 @@ def _find(value, where: str):
 
 def find_secret(value) -> Optional[str]:
     """Where in a parameter value a secret sits (a path such as 'storage_options.passphrase' or 'o[0].key';
-    '' for the value itself), or None: a mapping key that names a secret, or text holding a URL with a
-    password or a signed query."""
+    '' for the value itself), or None: a mapping key that names a secret (unless its value names an existing
+    file: a credentials file passed by path), or text holding a URL with a password or a signed query."""
     found = _find(value, "")
     return None if found is None else found[0]
 

@@ -47,6 +47,15 @@ def test_find_secret_names_where_the_secret_is():
     assert find_secret({"storage": "sqlite:///results/optuna.sqlite3?timeout=30"}) is None
 
 
+def test_a_credentials_file_named_by_path_is_the_way_to_pass_one(tmp_path):
+    creds = tmp_path / "service-account.json"
+    creds.write_text('{"private_key": "x"}')
+    assert storage.check_storage_options({"token": str(creds)}) == {"token": str(creds)}
+    with pytest.raises(ParameterError, match="storage_options.token"):
+        storage.check_storage_options({"token": "ya29.a0AfH6SMB-inline-oauth-token"})
+    assert redact({"token": str(creds)}) == {"token": "***"}   # what a record keeps of it: not even the path
+
+
 def test_a_bad_storage_scheme_does_not_echo_the_password():
     """Before: 'parameter storage is postgres://u:pw@...' went to stderr whole."""
     with pytest.raises(ParameterError) as info:
