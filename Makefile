@@ -4,12 +4,14 @@
 # make study  - setup, a short benchmark of the quick study's models, the default study (params/quick.yaml), then the book
 #              DATA=/path/to/photos: the same on your own images (<class>/* or <split>/<class>/*), as study quick-<folder name>
 # make bench   - setup, then the full benchmark of the quick study's models (whole training split, 3 rounds)
+# make cifar10 - setup, study 003's arms and the 90% headline on CIFAR-10 (params/cifar10.yaml), then the book;
+#              CIFAR-10 from data/cifar10, linked from $(SHARED)/data/cifar10-jpg when that exists (see the README)
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup test test-fast study bench book clean-results
+.PHONY: setup test test-fast study bench cifar10 cifar10-data book clean-results
 
 # The methods chapter's table, and what amp/channels_last "auto" choose: every quick-study model's bare step
 # in four settings (fp32/bf16 x NCHW/channels_last) vs the study's loop. `make study` runs a short version
@@ -40,6 +42,27 @@ study: setup
 	@# Exit 1 means some cells failed: the book is still built (failed runs are a chapter), then make fails.
 	@# Anything else (a bad grid file or --data: 2, interrupted: 130) stops here.
 	@status=0; $(VENV)/bin/studylib grid params/quick.yaml $${DATA:+--data "$$DATA"} || status=$$?; \
+	  if [ $$status -gt 1 ]; then exit $$status; fi; \
+	  $(VENV)/bin/jupyter-book build book/ --path-output book || exit $$?; \
+	  echo ""; echo "The report: file://$(CURDIR)/book/_build/html/index.html"; \
+	  exit $$status
+
+# cifar10's bench: 2 batches of 512 per pass (the headline's batch size), 2 rounds.
+CIFAR10_BENCH := --grid params/cifar10.yaml --train-limit 1024 --rounds 2 --warmup 1 --latency-calls 10 --throughput-calls 2
+SHARED ?= ../shared
+
+# data/cifar10: the JPEG export's archive and its SHA256SUMS, linked from $(SHARED) when that has them;
+# a data/cifar10 that already holds a copy (any of the formats the README lists) is left as it is.
+cifar10-data:
+	@if [ ! -e data/cifar10 ] && [ -f $(SHARED)/data/cifar10-jpg/cifar10-jpg.tar.gz ]; then \
+	  mkdir -p data/cifar10 && \
+	  ln -s "$$(realpath $(SHARED)/data/cifar10-jpg/cifar10-jpg.tar.gz)" data/cifar10/cifar10-jpg.tar.gz && \
+	  ln -s "$$(realpath $(SHARED)/data/cifar10-jpg/SHA256SUMS)" data/cifar10/SHA256SUMS && \
+	  echo "data/cifar10: linked the JPEG export from $(SHARED)/data/cifar10-jpg"; fi
+
+cifar10: setup cifar10-data
+	$(VENV)/bin/studylib bench $(CIFAR10_BENCH) || echo "studylib bench failed: the book is built without its table"
+	@status=0; $(VENV)/bin/studylib grid params/cifar10.yaml || status=$$?; \
 	  if [ $$status -gt 1 ]; then exit $$status; fi; \
 	  $(VENV)/bin/jupyter-book build book/ --path-output book || exit $$?; \
 	  echo ""; echo "The report: file://$(CURDIR)/book/_build/html/index.html"; \
