@@ -262,6 +262,18 @@ def test_a_trial_killed_with_kill_9_is_failed_and_retried_on_the_next_run(study_
     assert trials[0].user_attrs["worker"] == f"{socket.gethostname()}:{proc.pid}"
 
 
+def test_a_retrained_run_whose_model_pt_was_deleted_is_trained_again(study_env, tiny_imagefolder, tmp_path):
+    params = tiny_params(tiny_imagefolder, tmp_path, epochs=1)
+    tp = params.train_params({})
+    record, reused = tuning.train_or_reuse(tp)
+    assert not reused
+    weights = Path(record["checkpoint"])
+    assert tuning.train_or_reuse(tp)[1] is True          # record and weights there: reused
+    weights.unlink()
+    again, reused = tuning.train_or_reuse(tp)
+    assert reused is False and weights.is_file() and again["run_id"] == record["run_id"]
+
+
 # --------------------------------------------------------------------------- the notebook
 
 @pytest.mark.slow

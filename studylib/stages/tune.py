@@ -18,11 +18,8 @@ process), on another host after the heartbeat's grace period.
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 import math
-import os
-import socket
 import sqlite3
 import time
 import warnings
@@ -31,7 +28,6 @@ from pathlib import Path
 from typing import ClassVar, Literal, Optional, Union
 
 import optuna
-import psutil
 from optuna.trial import TrialState
 from pydantic import ValidationError, field_validator
 
@@ -41,6 +37,7 @@ from studylib.params import NonNegativeInt, PositiveInt, StageParams, TrainParam
 from studylib.paths import results_dir, runs_dir
 from studylib.record import TrainRecord, TuneRecord, run_id
 from studylib.stages.tune_space import parse_space, space_as_dict, suggest
+from studylib.stages.tune_trials import fail_dead_trials, this_process
 from studylib.train.loop import fit
 from studylib.train.run import train_run
 from studylib.train.setup import load_run_data, prepare
@@ -220,48 +217,6 @@ def counted(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=COUNTED))
 
 
-def this_process() -> dict:
-    """What names a trial's process: host, pid and the process's start time (a pid is reused, the pair is not)."""
-    return {"worker": f"{socket.gethostname()}:{os.getpid()}", "worker_started": psutil.Process().create_time()}
-
-
-def process_alive(worker: str, started: Optional[float]) -> bool:
-    """Whether the process `host:pid` that started at `started` still runs (a process of another host: assumed so)."""
-    host, _, pid = worker.rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit() or started is None:
-        return True
-    try:
-        return abs(psutil.Process(int(pid)).create_time() - started) < 0.01
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
-        return False
-
-
-def fail_dead_trials(study: optuna.Study) -> list[int]:
-    """Fail the running trials whose process on this host is gone, and queue each for one retry.
-
-    The heartbeat fails a dead worker's trial only after GRACE_SECONDS, and only when another trial
-    starts; a rerun right after a kill -9 would otherwise leave it RUNNING. The retry is the
-    storage's own stale-trial callback (the same parameters, once). Returns the failed trial numbers."""
-    storage = study._storage
-    failed = []
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        worker = t.user_attrs.get("worker")
-        if not worker or process_alive(worker, t.user_attrs.get("worker_started")):
-            continue
-        try:
-            if storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL):
-                failed.append(t)
-        except optuna.exceptions.UpdateFinishedTrialError:   # another process failed it first
-            pass
-    retry = getattr(storage, "get_heartbeat_stale_trial_callback", lambda: None)()   # RDB storages have one
-    for t in failed:
-        print(f"trial {t.number:>3} FAIL     its process {t.user_attrs['worker']} is gone (killed?): "
-              f"run again with its parameters", flush=True)
-        if retry is not None:
-            retry(study, copy.deepcopy(storage.get_trial(t._trial_id)))
-    return [t.number for t in failed]
-
-
 @dataclass
 class TuneOutcome:
     study: optuna.Study
@@ -357,9 +312,10 @@ def state_totals(study: optuna.Study, epochs: int) -> dict[str, dict]:
 # --------------------------------------------------------------------------- retrain and record
 
 def train_or_reuse(tp: TrainParams) -> tuple[dict, bool]:
-    """The train record for these parameters: runs/<run_id>/record.json when it exists, else a fresh train_run."""
+    """The train record for these parameters: runs/<run_id>/record.json when it and the run's model.pt exist
+    (the record alone is not a run: deploy and serve load the weights), else a fresh train_run."""
     path = runs_dir() / run_id("train", tp.run_params()) / "record.json"
-    if path.exists():
+    if path.exists() and path.with_name("model.pt").is_file():
         try:
             record = TrainRecord.model_validate_json(path.read_text()).model_dump(mode="json")
             if record["status"] == "ok":

@@ -2,7 +2,8 @@
 
 The grid's manifest (results/<study>/cells.json) lists the cells a study owns; collect reads each
 executed notebook's `record` scrap with scrapbook (or the failure the runner stored with a failed
-notebook) and writes, atomically:
+notebook) and writes, together (studylib.study.durable.replace_together: a reader never sees files of two
+collects, even after one was killed between its renames):
 
 - results/<study>/runs.parquet and runs.csv: one row per run, every stage, with `stage` and `status`
   columns and the record's scalar fields flattened (train adds test_top1, images_per_second, ...);
@@ -27,9 +28,9 @@ import pandas as pd
 from studylib.errors import redact
 from studylib.paths import book_dir, check_name, inside, results_dir
 from studylib.study import book
+from studylib.study.durable import replace_together, roll_forward
 from studylib.study.execute import glued_record, valid_record
 from studylib.study.manifest import failed_path, read_manifest
-from studylib.util import atomic_write
 
 ORDER = ["run_id", "stage", "status", "error", "dataset", "model", "seed", "image_size", "pretrained",
          "param_count", "params_m", "size_mb", "gmacs", "test_top1", "test_top5", "balanced_accuracy",
@@ -154,10 +155,12 @@ def collect(study: str, quiet: bool = False) -> pd.DataFrame:
         runs.insert(1, "study", study)
     epochs = epochs_frame(records)
     out = study_dir(study)
-    atomic_write(out / "runs.parquet", lambda p: runs.to_parquet(p, index=False))
-    atomic_write(out / "runs.csv", lambda p: runs.to_csv(p, index=False))
-    atomic_write(out / "epochs.parquet", lambda p: epochs.to_parquet(p, index=False))
-    atomic_write(out / "records.jsonl", lambda p: Path(p).write_text("".join(json.dumps(r) + "\n" for r in records)))
+    replace_together({
+        out / "runs.parquet": lambda p: runs.to_parquet(p, index=False),
+        out / "runs.csv": lambda p: runs.to_csv(p, index=False),
+        out / "epochs.parquet": lambda p: epochs.to_parquet(p, index=False),
+        out / "records.jsonl": lambda p: Path(p).write_text("".join(json.dumps(r) + "\n" for r in records)),
+    })
     if not quiet:
         ok = int((runs.status == "ok").sum()) if not runs.empty else 0
         print(f"collect {study}: {ok} ok, {len(records) - ok} failed, {missing} not run yet -> {out}/runs.parquet")
@@ -166,6 +169,7 @@ def collect(study: str, quiet: bool = False) -> pd.DataFrame:
 
 def load_runs(study: str) -> pd.DataFrame:
     """One row per run of the study, every stage (run `studylib collect STUDY` first)."""
+    roll_forward(study_dir(study))   # a collect killed between its renames: its tables, all of them
     path = study_dir(study) / "runs.parquet"
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: run `studylib grid params/{study}.yaml` or `studylib collect {study}`.")
@@ -173,6 +177,7 @@ def load_runs(study: str) -> pd.DataFrame:
 
 
 def load_epochs(study: str) -> pd.DataFrame:
+    roll_forward(study_dir(study))
     path = study_dir(study) / "epochs.parquet"
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: run `studylib collect {study}` first.")
@@ -181,6 +186,7 @@ def load_epochs(study: str) -> pd.DataFrame:
 
 def load_records(study: str, stage: Optional[str] = None) -> list[dict]:
     """Every full record of the study (ok and failed), optionally of one stage."""
+    roll_forward(study_dir(study))
     path = study_dir(study) / "records.jsonl"
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: run `studylib collect {study}` first.")

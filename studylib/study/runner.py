@@ -4,10 +4,15 @@ The grid file is read and every parameter validated first (studylib.study.expand
 one papermill execution of notebooks/<stage>.ipynb into book/<stage>/<run-id>.ipynb
 (studylib.study.execute), fanned out over Dask workers, each notebook cell bounded by the grid file's
 cell_timeout for its stage. The runner only orchestrates: a cell whose
-notebook exists with a valid `record` scrap is skipped; a cell runs into <run-id>.running.ipynb
+notebook exists with a valid `record` scrap, and whose run files are still there (a train run's
+model.pt and record.json), is skipped; a cell runs into <run-id>.running.ipynb
 and is renamed when complete (so an interrupted grid resumes on rerun); a failing cell is kept as
 <run-id>.failed.ipynb with its error, and the grid goes on. Then the study is collected and the
 book's report pages and table of contents are written.
+
+One grid at a time runs a study: it holds results/<study>/.grid.lock (studylib.study.durable) from the
+first cell to the last page, and sweeps the temporaries a killed grid left (the study's tables, each
+cell's notebook and run folder) before it runs anything.
 """
 from __future__ import annotations
 
@@ -26,9 +31,10 @@ import torch
 from distributed import Client, LocalCluster, as_completed, get_worker
 from tqdm import tqdm
 
-from studylib.errors import ParameterError
-from studylib.paths import book_dir, project_root
+from studylib.errors import ParameterError, StudyError
+from studylib.paths import book_dir, project_root, results_dir, runs_dir
 from studylib.study import book, collect
+from studylib.study.durable import study_lock, sweep
 from studylib.study.execute import execute_cell, valid_record
 from studylib.study.expand import expand_cost, expand_deploy, load_grid, run_states
 from studylib.study.manifest import STAGES, Manifest, failed_path, kept_cells, source_notebook
@@ -86,6 +92,38 @@ def _on_sigterm(_signum, _frame):
     raise Interrupted()
 
 
+RUN_FILES = ("record.json", "model.pt")   # what a train run leaves in runs/<run-id>/ for deploy, serve, tune
+
+
+def missing_run_file(stage: str, record: dict) -> Optional[Path]:
+    """The first file of a finished cell's train runs that is gone (then the cell is not done): a train
+    cell's own run, a tune cell's retrained best and default runs."""
+    ids = {"train": ("run_id",), "tune": ("tuned_run_id", "default_run_id")}.get(stage, ())
+    for key in ids:
+        for name in RUN_FILES:
+            path = runs_dir() / record[key] / name
+            if not path.is_file():
+                return path
+    return None
+
+
+def run_folders(cell) -> list[Path]:
+    """The run folders a cell writes into: a train cell's own, a deploy cell's served and timed runs (exports)."""
+    if cell.stage == "train":
+        return [runs_dir() / cell.run_id]
+    if cell.stage == "deploy":
+        return [runs_dir() / r for r in [cell.params.get("run"), *cell.params.get("serving_runs", [])]
+                if r and "/" not in r]
+    return []
+
+
+def sweep_cell(cell, stage: str) -> None:
+    """What a killed run of this cell left: its notebook's temporaries and .running copy, its runs' temporaries."""
+    sweep(book_dir() / stage, (cell.run_id,))
+    for folder in run_folders(cell):
+        sweep(folder)
+
+
 def run_stage(client, stage: str, cells: list, use_gpu: bool, bar, log, summary: dict,
               timeout: Optional[float] = None) -> None:
     """Submit the stage's cells that are not done yet, and wait for all of them; counts go into `summary`.
@@ -94,11 +132,16 @@ def run_stage(client, stage: str, cells: list, use_gpu: bool, bar, log, summary:
     futures = {}
     for i, c in enumerate(cells):
         out = book_dir() / c.notebook
-        if valid_record(out, stage):
+        sweep_cell(c, stage)
+        record = valid_record(out, stage)
+        gone = missing_run_file(stage, record) if record else None
+        if record and not gone:
             log(f"[{stage}] skip   {c.run_id} (done: {c.notebook})")
             summary["skipped"] += 1
             bar.update(1)
             continue
+        if gone:
+            log(f"[{stage}] rerun  {c.run_id}: its notebook is done but {gone} is gone")
         gpu = c.gpu and use_gpu
         fut = client.submit(run_cell_on_worker, asdict(c), str(out), str(project_root()), str(source), gpu, timeout,
                             key=f"{c.run_id}-{time.time_ns()}", pure=False, priority=-i,
@@ -126,6 +169,13 @@ def run_grid(path: str | Path, workers: int = 1, scheduler: Optional[str] = None
     grid, cells = load_grid(path, data)    # every parameter checked before anything runs
     if workers < 1:
         raise ParameterError("--workers", workers, "a positive integer")
+    with study_lock(grid.study):           # a second grid on this study stops here, with one sentence
+        sweep(results_dir() / grid.study)  # the tables' temporaries a killed grid (or collect) left
+        return _run_locked(path, grid, cells, workers, scheduler, gpus, report, log, data)
+
+
+def _run_locked(path, grid, cells, workers, scheduler, gpus, report, log, data) -> int:
+    """run_grid's work, under the study's lock."""
     gpus = torch.cuda.device_count() if gpus is None else gpus
     bar = tqdm(total=0, unit="run", desc=f"study {grid.study}", file=sys.stderr, dynamic_ncols=True)
     log = log or (lambda msg: tqdm.write(msg, file=sys.stderr))
@@ -224,6 +274,6 @@ def run(args) -> int:
             return 0
         return run_grid(args.grid, workers=args.workers, scheduler=args.scheduler, gpus=args.gpus, report=args.report,
                         data=args.data)
-    except ParameterError as err:
+    except StudyError as err:   # a bad parameter, or another grid running this study
         print(f"error: {err}", file=sys.stderr)
         return 2
