@@ -77,7 +77,7 @@ class Items:
             h.update(np.ascontiguousarray(self.array).tobytes())
         else:
             for i, p in enumerate(self.paths):
-                h.update(p.encode())
+                h.update(os.fsencode(p))  # a file name need not be UTF-8 (its bytes, as on disk)
                 if self.store is not None:
                     h.update(self.store.signature(p).encode())
                 else:
@@ -214,4 +214,22 @@ def load_dataset(name: str, root: str = "", seed: int = 0, val_fraction: float =
     manifest = manifest_path(name, root, storage_options)
     if carved_splits(ds) and manifest.exists():
         ds = apply_manifest(ds, manifest)
+    check_classes(ds)
     return ds
+
+
+def check_classes(ds: Dataset) -> None:
+    """A dataset a classifier can learn from, or one ParameterError sentence on its root: two classes or
+    more, each with train images, and every label one of them (before any image is decoded)."""
+    if len(ds.classes) < 2:
+        raise ParameterError("root", ds.root, f"a dataset of two or more classes; it has only one class, "
+                             f"{', '.join(repr(c) for c in ds.classes) or 'none'}")
+    n = len(ds.classes)
+    for split in ("train", "val", "test"):
+        bad = next((label for label in ds.splits[split].labels if not 0 <= label < n), None)
+        if bad is not None:
+            raise ParameterError("root", ds.root, f"a dataset whose labels are its {n} classes; {split} has label {bad}")
+    counts = np.bincount(np.asarray(ds.splits["train"].labels, dtype=np.int64), minlength=n)
+    if not counts.all():
+        raise ParameterError("root", ds.root, f"a dataset whose every class has train images; "
+                             f"'{ds.classes[int(np.argmin(counts))]}' has none")

@@ -21,7 +21,7 @@ from pathlib import Path
 from studylib.data import storage
 from studylib.data.registry import Dataset, Items, register_dataset
 from studylib.data.splits import carve, carved_note
-from studylib.errors import DatasetUnavailable
+from studylib.errors import DatasetUnavailable, ParameterError
 from studylib.util import is_uri
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
@@ -45,11 +45,55 @@ def _local_listing(root: Path) -> list[str]:
     return sorted(out)
 
 
-def _class_names(files: list[str], prefix: tuple[str, ...]) -> list[str]:
-    """The class folders right under `prefix` (folders that hold files; hidden ones left out)."""
+def _class_folders(files: list[str], prefix: tuple[str, ...]) -> dict[str, int]:
+    """The class folders right under `prefix` (folders that hold files; hidden ones left out), each with
+    its number of images."""
     n = len(prefix)
-    return sorted({parts[n] for parts in (f.split("/") for f in files)
-                   if len(parts) > n + 1 and tuple(parts[:n]) == prefix and not parts[n].startswith(".")})
+    out: dict[str, int] = {}
+    for parts in (f.split("/") for f in files):
+        if len(parts) > n + 1 and tuple(parts[:n]) == prefix and not parts[n].startswith("."):
+            out[parts[n]] = out.get(parts[n], 0) + (len(parts) == n + 2 and _is_image(parts[-1]))
+    return dict(sorted(out.items()))
+
+
+def _split_folders(files: list[str]) -> dict[str, str]:
+    """split -> folder name when root holds <split>/<class>/<image> with a train folder; else {} (a flat
+    root/<class>/<image>, where a class may be named `train`: its images sit right in the folder)."""
+    tops = {parts[0] for parts in (f.split("/") for f in files) if len(parts) == 3 and _is_image(parts[2])}
+    found = {}
+    for split, names in SPLIT_DIRS.items():
+        for n in names:
+            if n in tops:
+                found[split] = n
+                break
+    return found if "train" in found else {}
+
+
+def _refuse(shown: str, allowed: str, found: str) -> ParameterError:
+    return ParameterError("root", shown, f"{allowed}; {found}")
+
+
+def _check_folders(shown: str, folders: dict[str, int], where: str = "") -> list[str]:
+    """The class names of `folders`, every one holding images; refused in one sentence otherwise."""
+    for name, count in folders.items():
+        if not count:
+            raise _refuse(shown, f"a folder whose class folders all hold images ({', '.join(sorted(IMAGE_SUFFIXES))})",
+                          f"'{where}{name}' holds no image")
+    return list(folders)
+
+
+def _carve(items: Items, fraction: float, seed: int, classes: list[str], shown: str, what: str) -> tuple[Items, Items]:
+    """carve, with scikit-learn's refusal of a class too small to stratify as one sentence naming the class."""
+    try:
+        return carve(items, fraction, seed)
+    except ValueError:
+        counts = {c: 0 for c in classes}
+        for label in items.labels:
+            counts[classes[label]] += 1
+        small = min(counts, key=counts.get)
+        n = counts[small]
+        raise _refuse(shown, f"a folder with enough images in every class to carve a stratified {what} split from "
+                      "(10 or more a class is safe)", f"class '{small}' has {n} image{'s' if n != 1 else ''}") from None
 
 
 def _folder_items(root: Path, files: list[str], prefix: tuple[str, ...], classes: list[str], store=None) -> Items:
@@ -74,7 +118,10 @@ def load_imagefolder(root: str, seed: int = 0, val_fraction: float = 0.1, test_f
     """root/<split>/<class>/* with the folder's own splits, or root/<class>/* split by seed.
 
     `root` may be an fsspec URI; its files are then listed remotely and read through a local
-    mirror, copied first (`storage_mode="prefetch"`) or fetched on first use ("lazy")."""
+    mirror, copied first (`storage_mode="prefetch"`) or fetched on first use ("lazy").
+    A folder the study cannot learn from is refused (ParameterError on root) before any image is
+    opened: a class folder without images, a val or test class that train lacks, a class too small to
+    carve a stratified split from (and, in load_dataset, a single class)."""
     store = None
     if is_uri(root):
         store = storage.open_root(root, storage_mode, storage_options)
@@ -85,31 +132,30 @@ def load_imagefolder(root: str, seed: int = 0, val_fraction: float = 0.1, test_f
             raise DatasetUnavailable(f"dataset '{name}' root '{root}' does not exist; expected "
                                      "root/<split>/<class>/<image> or root/<class>/<image>.")
         files, shown = _local_listing(root_path), str(root_path)
-    tops = {f.split("/")[0] for f in files if "/" in f}
-    found = {}
-    for split, names in SPLIT_DIRS.items():
-        for n in names:
-            if n in tops:
-                found[split] = n
-                break
-    if "train" in found:
-        classes = _class_names(files, (found["train"],))
+    found = _split_folders(files)
+    if found:
+        classes = _check_folders(shown, _class_folders(files, (found["train"],)), f"{found['train']}/")
+        for split, d in found.items():
+            extra = sorted(set(_check_folders(shown, _class_folders(files, (d,)), f"{d}/")) - set(classes))
+            if extra:
+                raise _refuse(shown, f"a folder whose {split} classes are all train classes ({', '.join(classes)})",
+                              f"{d}/ has '{extra[0]}', which {found['train']}/ has not")
         splits = {s: _folder_items(root_path, files, (d,), classes, store) for s, d in found.items()}
         notes = {"splits": "the dataset's own"}
         if "test" not in splits:
-            splits["train"], splits["test"] = carve(splits["train"], test_fraction, seed)
+            splits["train"], splits["test"] = _carve(splits["train"], test_fraction, seed, classes, shown, "test")
             notes["test"] = carved_note(test_fraction, seed)
         if "val" not in splits:
-            splits["train"], splits["val"] = carve(splits["train"], val_fraction, seed)
+            splits["train"], splits["val"] = _carve(splits["train"], val_fraction, seed, classes, shown, "val")
             notes["val"] = carved_note(val_fraction, seed)
     else:
-        classes = _class_names(files, ())
+        classes = _check_folders(shown, _class_folders(files, ()))
         everything = _folder_items(root_path, files, (), classes, store)
         if not classes or not len(everything):
             raise DatasetUnavailable(f"dataset '{name}' root '{shown}' has no class folders with images; expected "
                                      "root/<split>/<class>/<image> or root/<class>/<image>.")
-        rest, test = carve(everything, test_fraction, seed)
-        train, val = carve(rest, val_fraction / (1 - test_fraction), seed)
+        rest, test = _carve(everything, test_fraction, seed, classes, shown, "test")
+        train, val = _carve(rest, val_fraction / (1 - test_fraction), seed, classes, shown, "val")
         splits = {"train": train, "val": val, "test": test}
         notes = {"splits": f"stratified from one folder: val {val_fraction:.0%}, test {test_fraction:.0%}, seed {seed}"}
     if not classes or not len(splits["train"]):

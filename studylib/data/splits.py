@@ -73,7 +73,7 @@ def manifest_path(name: str, root: str, storage_options: dict | None = None) -> 
 
 def read_manifest(path: Path) -> tuple[dict, list[dict]]:
     """(how it was made, rows of split/path/label) from a manifest file."""
-    with open(path, newline="") as f:
+    with open(path, newline="", encoding="utf-8", errors="surrogateescape") as f:
         first = f.readline()
         meta = json.loads(first[1:]) if first.startswith("#") else {}
         if not first.startswith("#"):
@@ -85,7 +85,7 @@ def read_manifest(path: Path) -> tuple[dict, list[dict]]:
 def write_split_manifest(ds, path: Path, made: dict) -> None:
     """Write (split, path, label) for every item of `ds`, atomically, with how it was made on the first line."""
     def write(tmp: str) -> None:
-        with open(tmp, "w", newline="") as f:
+        with open(tmp, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:  # names not in UTF-8 kept as bytes
             f.write("#" + json.dumps(made, sort_keys=True) + "\n")
             w = csv.writer(f)
             w.writerow(["split", "path", "label"])

@@ -76,21 +76,28 @@ def load_run_data(params: TrainParams) -> RunData:
 
 def batches(data: RunData, split: str, params: TrainParams, device: str, train: bool,
             speed: Optional[Speed] = None) -> TensorBatches:
-    """A split's batches: shuffled and augmented for training; at least 256 images a batch for evaluation.
+    """A split's batches: for training shuffled, augmented and all of one size (`train_batch_size`; the
+    last, smaller batch is dropped, so BatchNorm never sees a batch of one image); for evaluation every
+    image, at least 256 a batch.
 
     Their memory format is speed's (default: resolved from params, as `prepare` does).
     """
     s = data.splits[split]
     speed = speed or resolve(params, device)
-    return TensorBatches(s.images, s.labels, params.batch_size if train else max(256, params.batch_size),
+    return TensorBatches(s.images, s.labels, train_batch_size(data, params) if train else max(256, params.batch_size),
                          mean=data.mean, std=data.std, device=device, shuffle=train,
-                         augment=train and params.augment, seed=params.seed, drop_last=False,
+                         augment=train and params.augment, seed=params.seed, drop_last=train,
                          channels_last=speed.channels_last)
 
 
+def train_batch_size(data: RunData, params: TrainParams) -> int:
+    """The training batch size: params.batch_size, or the whole train split when it is smaller."""
+    return max(1, min(params.batch_size, len(data.splits["train"])))
+
+
 def steps_per_epoch(data: RunData, params: TrainParams) -> int:
-    """Training steps in one pass over the train split (the last batch may be smaller)."""
-    return -(-len(data.splits["train"]) // params.batch_size)
+    """Training steps in one pass over the train split (full batches only: the rest waits for the next epoch's shuffle)."""
+    return len(data.splits["train"]) // train_batch_size(data, params)
 
 
 def build_model(params: TrainParams, num_classes: int, device: str, channels_last: bool) -> nn.Module:
