@@ -64,13 +64,21 @@ def redact_url(url: str, keep_user: bool = False) -> str:
     return f"{scheme}://{host}{slash}{path}"
 
 
+def _masked_url(url: str) -> str:
+    """A URL that holds a secret, as text may show it: user and password masked together (an S3 user is an
+    access key id, a git user may be a token), the query and fragment dropped."""
+    scheme, rest = redact_url(url).split("://", 1)
+    netloc = re.split(r"[/?#]", url.split("://", 1)[1], maxsplit=1)[0]
+    return f"{scheme}://{MASK}@{rest}" if "@" in netloc else f"{scheme}://{rest}"
+
+
 def _env_secrets() -> list[str]:
     return sorted((v for k, v in os.environ.items() if is_secret_key(k) and len(v) >= MIN_ENV_SECRET),
                   key=len, reverse=True)
 
 
 def _redact_text(text: str, env: list[str]) -> str:
-    text = URL.sub(lambda m: redact_url(m.group(0), keep_user=True) if url_has_secret(m.group(0)) else m.group(0), text)
+    text = URL.sub(lambda m: _masked_url(m.group(0)) if url_has_secret(m.group(0)) else m.group(0), text)
     text = PAIR.sub(lambda m: f"{m['key']}={MASK}" if is_secret_key(m["key"]) and m["value"] != MASK else m.group(0), text)
     for value in env:
         text = text.replace(value, MASK)
@@ -89,7 +97,7 @@ def _redact(value, env: list[str]):
 
 
 def redact(value):
-    """`value` with every secret masked. In text: a URL's password and signed query (the user name is kept),
+    """`value` with every secret masked. In text: a URL's user:password and signed query,
     `key=value` pairs whose key names a secret (connection strings), and the value of any secret-named
     environment variable. In a mapping: also the text under a key that names a secret. Dicts, lists and
     tuples are cleaned throughout; numbers and anything else come back as they are."""

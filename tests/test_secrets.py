@@ -30,7 +30,7 @@ def test_redact_hides_every_kind_of_secret_in_text_and_structures(monkeypatch):
             "signed with wJalrXUtnFEMI-K7MDENG-bPxRfiCYEXAMPLEKEY")
     out = redact(text)
     assert PW not in out and "wJalrXUtnFEMI" not in out
-    assert "postgresql://optuna:***@db.example:5432/study" in out and "AccountName=a" in out
+    assert "postgresql://***@db.example:5432/study" in out and "AccountName=a" in out
     nested = redact({"params": {"root": f"ftp://u:{PW}@host/d", "list": [f"s3://k:{PW}@b/x"]}, "n": 3})
     assert PW not in json.dumps(nested) and nested["n"] == 3
     assert redact("s3://bucket/dogs") == "s3://bucket/dogs" and redact(["a", 1, None]) == ["a", 1, None]
@@ -100,7 +100,7 @@ def test_a_grid_file_with_a_password_stops_before_any_cell(tmp_path, study_env):
 def test_records_never_hold_a_secret():
     """The tune record dumped its raw params (only `storage` was redacted): the schema now redacts."""
     failed = failed_record("tune", {"storage": DB_URL}, f"OperationalError: could not connect to {DB_URL}")
-    assert PW not in json.dumps(failed) and failed["params"]["storage"].startswith("postgresql://optuna:***@")
+    assert PW not in json.dumps(failed) and failed["params"]["storage"] == "postgresql://***@db.example:5432/study"
     # every stage's record type inherits it (the tune record is built as TuneRecord(params=...))
     assert issubclass(TuneRecord, Record)
     r = Record(run_id="tune-x", stage="tune", params={"storage": DB_URL, "fixed": {"root": f"ftp://u:{PW}@h/d"}},
