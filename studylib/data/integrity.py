@@ -4,23 +4,26 @@
 files, unreadable or truncated images, odd colour modes, crop boxes outside their image, duplicates
 by content hash (a train image that is also in test is leakage), and the dataset's checksum list
 where it has one (clothing10's SHA256SUMS). Problems are listed, never fatal: training skips what it
-cannot decode.
+cannot decode. Decoding is bounded: an image over registry.MAX_PIXELS is refused from its header, and the
+threads together decode at most DECODE_PIXELS pixels at once.
 """
 from __future__ import annotations
 
 import hashlib
 import io
 import os
+import threading
 import time
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from studylib.data.registry import Dataset
+from studylib.data.registry import MAX_PIXELS, Dataset, check_pixels
 from studylib.data.splits import SPLITS
 
 CHECKSUM_LISTS = {"SHA256SUMS": "sha256", "SHA512SUMS": "sha512", "SHA1SUMS": "sha1", "MD5SUMS": "md5"}
@@ -33,11 +36,38 @@ PROBLEM_KINDS = {
     "zero-byte file": "skipped by training",
     "unreadable image": "skipped by training",
     "truncated image": "skipped by training",
+    "too many pixels": "skipped by training",
     "odd colour mode": "converted to RGB by training",
     "crop box outside image": "cropped to the part inside the image",
     "duplicate across splits": "leakage: the same image is in two splits",
     "duplicate within split": "the image counts twice",
 }
+
+
+# Pixels the integrity pass decodes at once, over all its threads: 2 of the largest images (each at most
+# MAX_PIXELS), i.e. at most about 0.5 GB of RGBA pixels, where 8 threads of the largest would hold 2 GB.
+DECODE_PIXELS = 2 * MAX_PIXELS
+
+
+class PixelBudget:
+    """At most `limit` pixels held by decodes at once: a thread waits until its image's share is free."""
+
+    def __init__(self, limit: int):
+        self.limit, self.free = limit, limit
+        self.cond = threading.Condition()
+
+    @contextmanager
+    def hold(self, pixels: int):
+        pixels = min(pixels, self.limit)  # an image larger than the budget waits to decode alone
+        with self.cond:
+            self.cond.wait_for(lambda: self.free >= pixels)
+            self.free -= pixels
+        try:
+            yield
+        finally:
+            with self.cond:
+                self.free += pixels
+                self.cond.notify_all()
 
 
 @dataclass
@@ -76,7 +106,7 @@ def _is_truncation(err: Exception) -> bool:
     return isinstance(err, EOFError) or "truncat" in str(err).lower()
 
 
-def _inspect(ds: Dataset, split: str, i: int) -> ImageFacts:
+def _inspect(ds: Dataset, split: str, i: int, budget: PixelBudget) -> ImageFacts:
     items = ds.splits[split]
     f = ImageFacts(split, i, items.name(i) if items.paths is None else ds.relative(items.paths[i]), items.labels[i])
     try:
@@ -98,6 +128,10 @@ def _inspect(ds: Dataset, split: str, i: int) -> ImageFacts:
     try:
         img = Image.open(io.BytesIO(data))
         f.width, f.height, f.mode, f.format = img.width, img.height, img.mode, img.format or ""
+        check_pixels(img)  # refused from its header when it has too many pixels
+    except Image.DecompressionBombError as err:  # over MAX_PIXELS, or over PIL's own limit at open
+        f.kind, f.error = "too many pixels", str(err)
+        return f
     except Exception as err:  # a file cut inside its header fails here already
         f.kind = "truncated image" if _is_truncation(err) else "unreadable image"
         f.error = f"{type(err).__name__}: {err}"
@@ -107,7 +141,8 @@ def _inspect(ds: Dataset, split: str, i: int) -> ImageFacts:
             # every byte is still entropy-decoded (a truncated file fails the same way), only the
             # inverse DCT runs at 1/8 scale
             img.draft(img.mode, (max(1, img.width // 8), max(1, img.height // 8)))
-        img.load()  # the decode: a truncated file fails here, not at open
+        with budget.hold(img.width * img.height):  # the size to decode (a JPEG's after draft)
+            img.load()  # the decode: a truncated file fails here, not at open
     except Exception as err:
         f.kind = "truncated image" if _is_truncation(err) else "unreadable image"
         f.error = f"{type(err).__name__}: {err}"
@@ -225,8 +260,9 @@ def check_integrity(ds: Dataset, workers: int = 0) -> Integrity:
         workers = min(32, 4 * (os.cpu_count() or 1)) if lazy else min(8, os.cpu_count() or 1)
     t0 = time.perf_counter()
     jobs = [(s, i) for s in SPLITS for i in range(len(ds.splits[s]))]
+    budget = PixelBudget(DECODE_PIXELS)
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        facts = list(pool.map(lambda job: _inspect(ds, *job), jobs))
+        facts = list(pool.map(lambda job: _inspect(ds, *job, budget), jobs))
     problems = [_problem(f.kind, f.split, f.path, f.error) for f in facts if f.kind]
     problems += [_problem("odd colour mode", f.split, f.path, f"mode {f.mode}")
                  for f in facts if not f.kind and f.mode and f.mode != "RGB"]

@@ -31,6 +31,26 @@ from studylib.paths import data_dir
 from studylib.util import is_uri
 
 
+# The most pixels the study decodes from one image (about 8000 x 8000: a 61-megapixel camera's photo passes):
+# checked from the header, before any decode. PIL's own limit is a warning at 89M pixels and an error at 179M.
+MAX_PIXELS = 64_000_000
+
+
+def check_pixels(img: Image.Image) -> Image.Image:
+    """An opened, not yet decoded image, refused with Image.DecompressionBombError when its header says it
+    holds more than MAX_PIXELS pixels (a PNG of a few KB can decode to gigabytes)."""
+    if img.width * img.height > MAX_PIXELS:
+        img.close()
+        raise Image.DecompressionBombError(f"{img.width} x {img.height} = {img.width * img.height:,} pixels, "
+                                           f"more than the {MAX_PIXELS:,} the study decodes from one image")
+    return img
+
+
+def open_image(source) -> Image.Image:
+    """Image.open(source), checked by check_pixels before anything is decoded."""
+    return check_pixels(Image.open(source))
+
+
 @dataclass
 class Items:
     """One split: images by path (optionally with a crop box) or as an in-memory uint8 array."""
@@ -51,10 +71,11 @@ class Items:
         return self.store.ensure(self.paths[i]) if self.store is not None else self.paths[i]
 
     def load(self, i: int, crop: bool = True) -> Image.Image:
-        """Item i as a PIL image, cropped to its box when it has one (unless crop=False)."""
+        """Item i as a PIL image, cropped to its box when it has one (unless crop=False); an image over
+        MAX_PIXELS is refused (open_image) before it is decoded."""
         if self.array is not None:
             return Image.fromarray(self.array[i])
-        img = Image.open(self.local_path(i))
+        img = open_image(self.local_path(i))
         if crop and self.boxes is not None and self.boxes[i] is not None:
             img = img.crop(self.boxes[i])
         return img
