@@ -66,6 +66,13 @@ class StageParams(BaseModel):
         return cls.from_mapping({k: v for k, v in namespace.items() if k in cls.model_fields or injected(k, v)})
 
 
+class ReportParams(StageParams):
+    """Parameters of the report notebooks (results, decision, methods, study003): the study they read."""
+    stage: ClassVar[str] = "report"
+
+    study: str = "quick"
+
+
 class TrainParams(StageParams):
     """Parameters of train.ipynb: one model on one dataset."""
     stage: ClassVar[str] = "train"

@@ -2,7 +2,7 @@
 import pytest
 
 from studylib.errors import ParameterError
-from studylib.params import TrainParams
+from studylib.params import ReportParams, TrainParams
 from studylib.stages.data_prep import DataPrepParams
 
 
@@ -65,3 +65,10 @@ def test_every_params_class_refuses_an_unknown_key_naming_the_nearest():
         DataPrepParams.from_mapping({"storage_mod": "lazy"})
     with pytest.raises(ParameterError, match=r"parameter 'storage_mode' is 'lazy', but it must be one of the train"):
         TrainParams.from_namespace({"storage_mode": "lazy"})
+
+
+def test_a_report_notebook_refuses_a_parameter_it_does_not_know():
+    """results, decision, methods and study003 take one parameter, study: a typo of it is not ignored."""
+    assert ReportParams.from_namespace({"study": "cifar10", "In": [], "SPLITS": ()}).study == "cifar10"
+    with pytest.raises(ParameterError, match=r"parameter 'stduy' is 'x'.*the nearest is 'study'"):
+        ReportParams.from_namespace({"study": "quick", "stduy": "x"})
