@@ -74,7 +74,10 @@ def _refuse(shown: str, allowed: str, found: str) -> ParameterError:
 
 
 def _check_folders(shown: str, folders: dict[str, int], where: str = "") -> list[str]:
-    """The class names of `folders`, every one holding images; refused in one sentence otherwise."""
+    """The class names of `folders`, every one holding images; refused in one sentence otherwise (none
+    when no folder holds an image: the caller says there is no class folder with images)."""
+    if not any(folders.values()):
+        return []
     for name, count in folders.items():
         if not count:
             raise _refuse(shown, f"a folder whose class folders all hold images ({', '.join(sorted(IMAGE_SUFFIXES))})",
