@@ -74,3 +74,20 @@ def smoke_study(study_env, tmp_path_factory):
                            book=base / "book", html=base / "book" / "_build" / "html",
                            results=base / "results" / "smoke",
                            seconds={"grid": t1 - t0, "rerun": t2 - t1, "build": t3 - t2})
+
+
+@pytest.fixture
+def browser():
+    """A headless Chromium (tests/browser.py finds it) through Playwright, shared by the browser tests."""
+    from browser import ARGS, NO_BROWSER, find_browser
+    from playwright.sync_api import sync_playwright
+
+    path = find_browser()
+    if path is None:
+        pytest.skip(NO_BROWSER)
+    with sync_playwright() as p:
+        launched = p.chromium.launch(executable_path=path, args=ARGS)
+        try:
+            yield launched
+        finally:
+            launched.close()

@@ -9,9 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run", "--disable-quic"]
+from browser import needs_browser
+
 ROOT = Path(__file__).resolve().parent.parent
 
 # Every visible table: how wide it is against the element it sits in and the article's column, and how many
@@ -93,22 +92,18 @@ def book_with_cost(smoke_study, tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium (.ci/run installs it)")
-def test_book_in_a_browser(book_with_cost):
-    from playwright.sync_api import sync_playwright
-
+@needs_browser
+def test_book_in_a_browser(browser, book_with_cost):
     html = book_with_cost
     pages = book_pages(html)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        try:
-            context = browser.new_context(viewport={"width": 1280, "height": 900})
-            # offline: the book must not reach for anything outside its folder
-            context.route("**/*", lambda route: route.continue_() if route.request.url.startswith("file://") else route.abort())
-            index = open_page(context.new_page(), (html / "index.html").as_uri())
-            opened = {str(f.relative_to(html)): open_page(context.new_page(), f.as_uri()) for f in pages}
-        finally:
-            browser.close()
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    try:
+        # offline: the book must not reach for anything outside its folder
+        context.route("**/*", lambda route: route.continue_() if route.request.url.startswith("file://") else route.abort())
+        index = open_page(context.new_page(), (html / "index.html").as_uri())
+        opened = {str(f.relative_to(html)): open_page(context.new_page(), f.as_uri()) for f in pages}
+    finally:
+        context.close()
     # every part the grid made is there: the report pages, training runs (a failed one too), the cost page
     assert {"intro.html", "reference_studies.html", "results/results-smoke.html", "results/methods-smoke.html",
             "cost/cost-smoke.html"} <= set(opened)

@@ -17,6 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
+from browser import needs_browser
 from deploy_helpers import exported_run, trained_run
 from studylib.errors import ParameterError
 from studylib.record import DeployRecord
@@ -276,32 +277,28 @@ def test_load_test_and_ceiling(server, images, run):
     assert pair["overhead_p50_ms"] == pair["http"]["p50_ms"] - pair["in_process"]["p50_ms"]
 
 
-def test_html_page_shows_the_prediction_in_chromium(server, images, client, tmp_path):
-    from playwright.sync_api import sync_playwright
+@needs_browser
+def test_html_page_shows_the_prediction_in_chromium(browser, server, images, client, tmp_path):
     path = tmp_path / images[0].name
     path.write_bytes(images[0].data)
     expected = client.predict(images[0])[1]["top1"]
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync", "--no-first-run", "--disable-quic"])
-        try:
-            page = browser.new_page()
-            page.goto(server.url + "/")
-            assert "smallvgg1" in page.title()
-            page.set_input_files("#file", str(path))
-            page.click("#send")
-            page.wait_for_selector("#label[data-done='1']", timeout=20_000)
-            assert page.inner_text("#label") == expected
-            assert page.locator("#topk tr").count() == 3
-            bad = tmp_path / "not-an-image.jpg"
-            bad.write_bytes(b"plain text")
-            page.set_input_files("#file", str(bad))
-            page.click("#send")
-            page.wait_for_selector("#label.error", timeout=20_000)
-            assert "not an image" in page.inner_text("#label")
-        finally:
-            browser.close()
+    page = browser.new_page()
+    try:
+        page.goto(server.url + "/")
+        assert "smallvgg1" in page.title()
+        page.set_input_files("#file", str(path))
+        page.click("#send")
+        page.wait_for_selector("#label[data-done='1']", timeout=20_000)
+        assert page.inner_text("#label") == expected
+        assert page.locator("#topk tr").count() == 3
+        bad = tmp_path / "not-an-image.jpg"
+        bad.write_bytes(b"plain text")
+        page.set_input_files("#file", str(bad))
+        page.click("#send")
+        page.wait_for_selector("#label.error", timeout=20_000)
+        assert "not an image" in page.inner_text("#label")
+    finally:
+        page.close()
 
 
 def test_cli_refuses_a_bad_run_in_one_sentence(study_env):
@@ -353,7 +350,7 @@ def test_deploy_notebook_end_to_end(run, tmp_path):
 
 def test_deploy_parameters_are_checked_before_any_work(run):
     """What the notebook's validation cell runs: one sentence per bad parameter."""
-    assert DeployParams.from_namespace({"run": run[0], "In": [], "x": 1}).concurrency == [1, 4, 16]
+    assert DeployParams.from_namespace({"run": run[0], "In": []}).concurrency == [1, 4, 16]
     bad = {"run": ("no-such-run", "parameter 'run' is 'no-such-run'"),
            "backend": ("tensorrt", "parameter 'backend' is 'tensorrt'"),
            "concurrency": ([0, 4], "between 1 and 256"),
