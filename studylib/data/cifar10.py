@@ -207,6 +207,8 @@ def cifar10(root: str, download: bool, **_) -> Dataset:
               "test": Items(labels=arrays["test_labels"].tolist(), array=arrays["test"])}
     source = {"torchvision": "torchvision's original arrays", "folder": "the JPEG export (folder)",
               "archive": f"the JPEG export ({path.name})"}[kind]
+    if kind == "archive" and (path.parent / "SHA256SUMS").is_file():   # `decoded` refused it on a mismatch
+        source += ", its SHA-256 as SHA256SUMS lists"
     notes = {"source": f"{source} at {path}",
              "val": f"{len(held):,} of train ({len(held) // len(CLASSES)} per class), stratified, seed {VAL_SEED}, "
                     f"fixed for every run (splits/cifar10-{'original' if kind == 'torchvision' else 'jpg'}-val.csv)"}
