@@ -76,22 +76,32 @@ def test_a_class_named_train_in_a_folder_without_splits(tmp_path):
 
 
 def test_file_names_that_are_not_utf8(tmp_path, study_env):
-    """A Latin-1 file name (bytes that are not UTF-8): listed, fingerprinted, cached, checked and written to
-    the split manifest and back (UnicodeEncodeError before)."""
-    root = folder(tmp_path / "d", {"red": 10, "green": 10})
-    odd = os.path.join(os.fsencode(root / "red"), b"caf\xe9.jpg")
-    make_jpeg(Path(os.fsdecode(odd)))
+    """Latin-1 file and folder names (bytes that are not UTF-8): listed, fingerprinted, cached, checked and
+    written to the split manifest and back, and shown as text UTF-8 can hold (\\xNN) in every name a table,
+    record or page shows: UnicodeEncodeError before (in the fingerprint, then in data_prep's tables)."""
+    root = folder(tmp_path / "d", {"red": 10})
+    latin = Path(os.fsdecode(os.path.join(os.fsencode(root), b"caf\xe9")))
+    for i in range(10):
+        make_jpeg(latin / os.fsdecode(b"\xe9t\xe9%d.jpg" % i), (30, 30, 20 * i))
+    (latin / os.fsdecode(b"bad\xff.jpg")).write_bytes(b"\xff\xd8\xff\xe0cut")
     ds = load_dataset("imagefolder", str(root))
-    names = [p for i in ds.splits.values() for p in i.paths]
-    assert any(p.endswith("caf\udce9.jpg") for p in names)
+    assert ds.classes == ["caf\\xe9", "red"]
+    shown = list(ds.classes)
     for split, items in ds.splits.items():
-        assert len(load_split(ds.cache_key, split, items, 16)) == len(items)
-    assert not [p for p in check_integrity(ds, workers=1).problems if p["kind"] != "duplicate within split"
-                and p["kind"] != "duplicate across splits"]
+        cached = load_split(ds.cache_key, split, items, 16)
+        assert len(cached) + len(cached.skipped) == len(items)
+        shown += cached.names + [s["name"] for s in cached.skipped] + [items.name(i) for i in range(len(items))]
+    found = check_integrity(ds, workers=1)
+    assert ("truncated image", "caf\\xe9/bad\\xff.jpg") in {(p["kind"], p["path"]) for p in found.problems}
+    shown += [p["path"] for p in found.problems] + [f.path for f in found.facts]
+    for text in shown:
+        text.encode("utf-8")  # raises on a lone surrogate
     manifest = tmp_path / "m.csv"
     write_split_manifest(ds, manifest, {"seed": 0})
+    manifest.read_text(encoding="utf-8")
     again = apply_manifest(load_dataset("imagefolder", str(root)), manifest)
     assert {s: i.paths for s, i in again.splits.items()} == {s: i.paths for s, i in ds.splits.items()}
+    assert all(Path(p).exists() for i in again.splits.values() for p in i.paths)
 
 
 @pytest.mark.parametrize("train_images, batch_size, sizes", [(36, 35, [35]), (36, 8, [8, 8, 8, 8]), (36, 64, [36])])

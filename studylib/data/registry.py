@@ -31,6 +31,12 @@ from studylib.paths import data_dir
 from studylib.util import is_uri
 
 
+def shown_name(name: str) -> str:
+    """A file or folder name as text that every table, record, manifest and page can hold: bytes that are
+    not UTF-8 (which Python keeps as lone surrogates, and UTF-8 cannot encode) written as \\xNN."""
+    return name if name.isascii() else os.fsencode(name).decode("utf-8", "backslashreplace")
+
+
 # The most pixels the study decodes from one image (about 8000 x 8000: a 61-megapixel camera's photo passes):
 # checked from the header, before any decode. PIL's own limit is a warning at 89M pixels and an error at 179M.
 MAX_PIXELS = 64_000_000
@@ -64,7 +70,8 @@ class Items:
         return len(self.labels)
 
     def name(self, i: int) -> str:
-        return self.paths[i] if self.paths is not None else f"#{i}"
+        """Item i's path as shown (shown_name), or #i for an in-memory item; open it with local_path."""
+        return shown_name(self.paths[i]) if self.paths is not None else f"#{i}"
 
     def local_path(self, i: int) -> str | Path:
         """Item i's file on local disk (fetched first when it comes lazily from object storage)."""
@@ -127,11 +134,11 @@ class Dataset:
         return self.store.local if self.store is not None else Path(self.root)
 
     def relative(self, path: str) -> str:
-        """An item's path relative to the dataset root: what tables, cards and manifests show."""
+        """An item's path relative to the dataset root, as shown (shown_name): what tables, cards and manifests show."""
         try:
-            return Path(os.path.relpath(path, self.local_root())).as_posix()
+            return shown_name(Path(os.path.relpath(path, self.local_root())).as_posix())
         except ValueError:
-            return path
+            return shown_name(path)
 
     @property
     def cache_key(self) -> str:

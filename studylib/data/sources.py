@@ -19,7 +19,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from studylib.data import storage
-from studylib.data.registry import Dataset, Items, register_dataset
+from studylib.data.registry import Dataset, Items, register_dataset, shown_name
 from studylib.data.splits import carve, carved_note
 from studylib.errors import DatasetUnavailable, ParameterError
 from studylib.util import is_uri
@@ -74,14 +74,14 @@ def _refuse(shown: str, allowed: str, found: str) -> ParameterError:
 
 
 def _check_folders(shown: str, folders: dict[str, int], where: str = "") -> list[str]:
-    """The class names of `folders`, every one holding images; refused in one sentence otherwise (none
+    """The class folders of `folders`, every one holding images; refused in one sentence otherwise (none
     when no folder holds an image: the caller says there is no class folder with images)."""
     if not any(folders.values()):
         return []
     for name, count in folders.items():
         if not count:
             raise _refuse(shown, f"a folder whose class folders all hold images ({', '.join(sorted(IMAGE_SUFFIXES))})",
-                          f"'{where}{name}' holds no image")
+                          f"'{shown_name(where + name)}' holds no image")
     return list(folders)
 
 
@@ -100,7 +100,7 @@ def _carve(items: Items, fraction: float, seed: int, classes: list[str], shown: 
 
 
 def _folder_items(root: Path, files: list[str], prefix: tuple[str, ...], classes: list[str], store=None) -> Items:
-    """Items for prefix/<class>/<image> files, class by class, in name order."""
+    """Items for prefix/<class>/<image> files, class by class (`classes`: the folders' own names), in name order."""
     n = len(prefix)
     by_class: dict[str, list[str]] = {c: [] for c in classes}
     for f in files:
@@ -137,13 +137,14 @@ def load_imagefolder(root: str, seed: int = 0, val_fraction: float = 0.1, test_f
         files, shown = _local_listing(root_path), str(root_path)
     found = _split_folders(files)
     if found:
-        classes = _check_folders(shown, _class_folders(files, (found["train"],)), f"{found['train']}/")
+        folders = _check_folders(shown, _class_folders(files, (found["train"],)), f"{found['train']}/")
+        classes = [shown_name(c) for c in folders]
         for split, d in found.items():
-            extra = sorted(set(_check_folders(shown, _class_folders(files, (d,)), f"{d}/")) - set(classes))
+            extra = sorted(set(_check_folders(shown, _class_folders(files, (d,)), f"{d}/")) - set(folders))
             if extra:
                 raise _refuse(shown, f"a folder whose {split} classes are all train classes ({', '.join(classes)})",
-                              f"{d}/ has '{extra[0]}', which {found['train']}/ has not")
-        splits = {s: _folder_items(root_path, files, (d,), classes, store) for s, d in found.items()}
+                              f"{d}/ has '{shown_name(extra[0])}', which {found['train']}/ has not")
+        splits = {s: _folder_items(root_path, files, (d,), folders, store) for s, d in found.items()}
         notes = {"splits": "the dataset's own"}
         if "test" not in splits:
             splits["train"], splits["test"] = _carve(splits["train"], test_fraction, seed, classes, shown, "test")
@@ -152,8 +153,9 @@ def load_imagefolder(root: str, seed: int = 0, val_fraction: float = 0.1, test_f
             splits["train"], splits["val"] = _carve(splits["train"], val_fraction, seed, classes, shown, "val")
             notes["val"] = carved_note(val_fraction, seed)
     else:
-        classes = _check_folders(shown, _class_folders(files, ()))
-        everything = _folder_items(root_path, files, (), classes, store)
+        folders = _check_folders(shown, _class_folders(files, ()))
+        classes = [shown_name(c) for c in folders]
+        everything = _folder_items(root_path, files, (), folders, store)
         if not classes or not len(everything):
             raise DatasetUnavailable(f"dataset '{name}' root '{shown}' has no class folders with images; expected "
                                      "root/<split>/<class>/<image> or root/<class>/<image>.")

@@ -73,7 +73,7 @@ def manifest_path(name: str, root: str, storage_options: dict | None = None) -> 
 
 def read_manifest(path: Path) -> tuple[dict, list[dict]]:
     """(how it was made, rows of split/path/label) from a manifest file."""
-    with open(path, newline="", encoding="utf-8", errors="surrogateescape") as f:
+    with open(path, newline="", encoding="utf-8") as f:
         first = f.readline()
         meta = json.loads(first[1:]) if first.startswith("#") else {}
         if not first.startswith("#"):
@@ -85,7 +85,7 @@ def read_manifest(path: Path) -> tuple[dict, list[dict]]:
 def write_split_manifest(ds, path: Path, made: dict) -> None:
     """Write (split, path, label) for every item of `ds`, atomically, with how it was made on the first line."""
     def write(tmp: str) -> None:
-        with open(tmp, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:  # names not in UTF-8 kept as bytes
+        with open(tmp, "w", newline="", encoding="utf-8") as f:  # names as shown (registry.shown_name): UTF-8 text
             f.write("#" + json.dumps(made, sort_keys=True) + "\n")
             w = csv.writer(f)
             w.writerow(["split", "path", "label"])
@@ -101,25 +101,24 @@ def apply_manifest(ds, path: Path):
     if any(i.paths is None for i in ds.splits.values()):
         return ds  # in-memory datasets (CIFAR) are split by seed; their items have no paths
     meta, rows = read_manifest(path)
-    base = ds.local_root()
     index = {}
     has_boxes = any(i.boxes is not None for i in ds.splits.values())
     for items in ds.splits.values():
         for i, p in enumerate(items.paths):
-            index[ds.relative(p)] = (items.labels[i], items.boxes[i] if items.boxes else None)
+            index[ds.relative(p)] = (items.labels[i], items.boxes[i] if items.boxes else None, p)
     picked = {s: ([], [], []) for s in SPLITS}
     for row in rows:
         rel, split = row["path"], row["split"]
         if rel not in index or split not in picked:
             raise DatasetUnavailable(f"split manifest '{path}' lists {split} file '{rel}', which dataset '{ds.name}' "
                                      f"at '{ds.root}' no longer has; delete the manifest to split again.")
-        label, box = index[rel]
+        label, box, file = index[rel]
         if ds.classes[label] != row["label"]:
             raise DatasetUnavailable(f"split manifest '{path}' labels '{rel}' as '{row['label']}', but the dataset "
                                      f"has it as '{ds.classes[label]}'; delete the manifest to split again.")
         labels, paths, boxes = picked[split]
         labels.append(label)
-        paths.append(str(base / rel))
+        paths.append(file)  # the file's own path: a name as shown need not be its bytes
         boxes.append(box)
     some = next(iter(ds.splits.values()))  # every split has the same store and no array
     splits = {s: replace(some, labels=labels, paths=paths, boxes=boxes if has_boxes else None)
