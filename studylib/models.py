@@ -15,6 +15,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from studylib.errors import ParameterError, PretrainedWeightsUnavailable
+from studylib.paths import check_name
 
 # Reference study 003: "VGG layers" of two 3x3 convs and a 2x2 max-pool, widths 32, 64, 128,
 # followed by two dense layers; ablations add BatchNorm and dropout.
@@ -102,6 +103,7 @@ def timm_names() -> frozenset[str]:
 
 def model_family(name: str) -> str:
     """'smallvgg', 'fastvgg', 'torchvision' or 'timm'; raises ParameterError for an unknown name."""
+    check_name("model", name)   # it names the run's folder and notebook: a timm tag is no path, no markup
     if VGG_PATTERN.match(name):
         return "smallvgg"
     if FAST_PATTERN.match(name):

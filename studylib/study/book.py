@@ -21,7 +21,7 @@ from pathlib import Path
 import yaml
 
 from studylib.errors import ParameterError
-from studylib.paths import book_dir, project_root, results_dir
+from studylib.paths import book_dir, inside, project_root, results_dir
 from studylib.study.execute import hide_injected_parameters, run_notebook
 from studylib.study.manifest import STAGES, failed_path, read_manifest, running_path, source_notebook
 from studylib.util import atomic_write, atomic_write_text, read_yaml_file
@@ -52,7 +52,7 @@ def report_pages(study: str) -> list[str]:
 
 
 def report_path(page: str, study: str) -> Path:
-    return book_dir() / "results" / f"{page}-{study}.ipynb"
+    return inside(book_dir(), "results", f"{page}-{study}.ipynb")
 
 
 def sync_sources() -> None:

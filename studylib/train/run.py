@@ -17,7 +17,7 @@ from torch import nn
 from studylib import environment
 from studylib.models import count_parameters, create_model, gmacs, size_mb
 from studylib.params import TrainParams
-from studylib.paths import runs_dir
+from studylib.paths import inside, runs_dir
 from studylib.record import TrainRecord, run_id
 from studylib.train.loop import evaluate, fit, time_to_targets
 from studylib.train.metrics import classification_report, images_digest
@@ -53,7 +53,7 @@ def load_checkpoint(record: dict, device: str = "cpu") -> nn.Module:
 def train_run(params: TrainParams, progress: bool = True, on_epoch=None) -> TrainResult:
     started = now()
     rid = run_id("train", params.run_params())
-    out_dir = Path(params.output_dir) if params.output_dir else runs_dir() / rid
+    out_dir = Path(params.output_dir) if params.output_dir else inside(runs_dir(), rid)
     device = environment.resolve_device(params.device)
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats(device)  # this run's peak, not the process's
