@@ -233,7 +233,7 @@ def load_dataset(name: str, root: str = "", seed: int = 0, val_fraction: float =
             options |= {"storage_mode": storage_mode, "storage_options": storage_options}
         else:
             check_storage_mode(name, storage_mode)
-            store = storage.open_root(root, "prefetch", storage_options)
+            store = storage.open_root(root, "prefetch", storage_options, only_images=False)   # copied whole: metadata too
             note = f"prefetch from {store.uri} into the local mirror {store.local}"
             root = str(store.local)
     ds = spec.loader(root=root, seed=seed, val_fraction=val_fraction, download=download, **options)

@@ -347,6 +347,8 @@ def check_data_folder(data: str | Path) -> Path:
         classes = load_imagefolder(str(folder)).classes   # lists the files and carves the splits; opens no image
     except DatasetUnavailable:
         raise ParameterError("--data", str(data), f"{DATA_ALLOWED} (this one holds no class folder with images)") from None
+    except ParameterError as err:   # the loader's own sentence (a class train lacks, an empty class folder, ...)
+        raise ParameterError("--data", str(data), err.allowed) from None
     except ValueError:   # scikit-learn's stratified split: a class too small to give validation and test images
         raise ParameterError("--data", str(data), "a folder with enough images in every class to carve stratified "
                              "validation and test splits from (10 or more a class)") from None
