@@ -1,5 +1,5 @@
 """Failure isolation beyond a raised exception: a cell whose kernel dies, notebooks that finish without a valid
-record, and a later stage (deploy of the best run) that still runs after those train cells failed.
+record, a cell that never ends (stopped by the grid file's cell_timeout), and a later stage (deploy of the best run) that still runs after those train cells failed.
 
 The grid runs in this process on a test-only copy of notebooks/ (manifest.notebooks_dir patched; the runner
 hands each worker the source notebook's path) whose train.ipynb breaks on purpose, by model name.
@@ -27,6 +27,9 @@ if model == "mnasnet0_5":                 # the kernel dies
     os._exit(1)
 if model == "shufflenet_v2_x0_5":         # the notebook runs to its end but glues no record
     scrapbook.glue = lambda *args, **kwargs: None
+if model == "smallvgg3":                  # a cell that never ends: the grid file's cell_timeout stops it
+    import time
+    time.sleep(3600)
 if model == "smallvgg2":                  # the notebook glues a record without its test metrics
     _glue = scrapbook.glue
     scrapbook.glue = lambda name, value, **kw: _glue(name, {k: v for k, v in value.items() if k != "test"}, **kw)
@@ -35,10 +38,11 @@ if model == "smallvgg2":                  # the notebook glues a record without 
 GRID = """
 study: failures
 stages: [train, deploy]
+cell_timeout: {{train: 120}}
 train:
   datasets: [imagefolder]
   root: {root}
-  models: [smallvgg1, mnasnet0_5, shufflenet_v2_x0_5, smallvgg2]
+  models: [smallvgg1, mnasnet0_5, shufflenet_v2_x0_5, smallvgg2, smallvgg3]
   seeds: [0]
   image_size: 32
   epochs: 1
@@ -81,22 +85,24 @@ def test_broken_cells_are_recorded_and_a_later_stage_still_runs(study_env, tiny_
     out = capsys.readouterr().out
     log = "\n".join(lines) + "\n" + out
     assert status == 1, log
-    assert "study failures: 2 ran ok, 0 skipped (already done), 3 failed" in out, log
+    assert "study failures: 2 ran ok, 0 skipped (already done), 4 failed" in out, log
 
     runs = pd.read_csv(tmp_path / "results" / "failures" / "runs.csv")
     train = runs[runs.stage == "train"].set_index("model")
-    assert sorted(train.index) == ["mnasnet0_5", "shufflenet_v2_x0_5", "smallvgg1", "smallvgg2"]
+    assert sorted(train.index) == ["mnasnet0_5", "shufflenet_v2_x0_5", "smallvgg1", "smallvgg2", "smallvgg3"]
     assert train.status.to_dict() == {"mnasnet0_5": "failed", "shufflenet_v2_x0_5": "failed",
-                                      "smallvgg1": "ok", "smallvgg2": "failed"}
+                                      "smallvgg1": "ok", "smallvgg2": "failed", "smallvgg3": "failed"}
     errors = train.error.to_dict()
     assert errors["mnasnet0_5"].startswith("DeadKernelError: Kernel died"), errors["mnasnet0_5"]   # nbclient's words
     assert errors["shufflenet_v2_x0_5"] == NO_RECORD
     assert errors["smallvgg2"].startswith("record field 'test'"), errors["smallvgg2"]
-    for model in ("mnasnet0_5", "shufflenet_v2_x0_5", "smallvgg2"):   # each failure named in the summary too
+    assert errors["smallvgg3"] == ("CellTimeoutError: a cell ran longer than the cell timeout of 120 s "
+                                   "(cell_timeout in the grid file).")
+    for model in ("mnasnet0_5", "shufflenet_v2_x0_5", "smallvgg2", "smallvgg3"):   # each failure named in the summary too
         assert f"FAILED {train.run_id[model]}: {errors[model]}" in out
 
     # every failed notebook is kept as <run-id>.failed.ipynb, and nothing is left half-written
-    for model in ("mnasnet0_5", "shufflenet_v2_x0_5", "smallvgg2"):
+    for model in ("mnasnet0_5", "shufflenet_v2_x0_5", "smallvgg2", "smallvgg3"):
         rid = train.run_id[model]
         assert (book / "train" / f"{rid}.failed.ipynb").is_file() and not (book / "train" / f"{rid}.ipynb").exists()
     assert not list(book.rglob("*.running.ipynb"))
