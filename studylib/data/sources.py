@@ -206,18 +206,6 @@ def _torchvision_dataset(name: str, cls_name: str, root: str, download: bool, **
                 f"torchvision.datasets.{cls_name}(root='{root}', download=True) and copy '{root}' here.") from err
 
 
-@register_dataset("cifar10", own_splits=True, downloads=True)
-def cifar10(root: str, seed: int, val_fraction: float, download: bool, **_) -> Dataset:
-    """CIFAR-10 as in-memory arrays; val carved from train."""
-    train = _torchvision_dataset("cifar10", "CIFAR10", root, download, train=True)
-    test = _torchvision_dataset("cifar10", "CIFAR10", root, download, train=False)
-    tr = Items(labels=list(train.targets), array=train.data)
-    te = Items(labels=list(test.targets), array=test.data)
-    tr, va = carve(tr, val_fraction, seed)
-    return Dataset("cifar10", list(train.classes), {"train": tr, "val": va, "test": te}, root,
-                   {"val": carved_note(val_fraction, seed)})
-
-
 def _register_torchvision_files(name: str, cls_name: str, split_args: dict, paths_labels, classes_of=None) -> None:
     """Register a torchvision dataset of image files: its splits by `split_args`, val carved from train
     when it has none. paths_labels(tv_dataset) gives (paths, labels); classes_of(tv_dataset) the class names."""
