@@ -18,9 +18,9 @@ synchronise. Inference is measured in the loop's setting: batch-1 latency and ba
 mode, no gradients. When "auto" chose the loop's setting and this measurement makes it choose another,
 the loop is measured again (once) in the new one, so that the row shows the setting the study will train in.
 
-A CSV row per model and setting goes to results/bench/benchmark-train-pt<torch>-<device>.csv (timm's naming):
-train runs read it to resolve "auto", `studylib.views.bench` shows it in the book. `--overhead STUDY`
-prints studylib.study.overhead's report instead: where a study's notebook time went.
+A CSV row per model and setting goes to results/bench/benchmark-train-pt<torch>-<device>.csv (timm's naming),
+which train runs read to resolve "auto" and `studylib.views.bench` shows. `--overhead STUDY` prints instead
+studylib.study.overhead's report: where a study's notebook time went.
 """
 from __future__ import annotations
 
@@ -50,16 +50,16 @@ from studylib.train.speed import (MEMORY_FORMATS, SETTINGS, Speed, bare_column, 
 from studylib.util import atomic_write, now
 
 DEFAULT_MODELS = ["mobilenet_v3_small", "shufflenet_v2_x1_0"]
-
+# Grid cells alike in these share one bench row (study 003's arms: one smallvgg3 step, three weight decays/augments)
+STEP_KEYS = ("model", "dataset", "root", "image_size", "batch_size", "optimizer", "amp", "channels_last", "compile",
+             "device", "pretrained", "finetune", "head", "train_limit")
 COLUMNS = [
     "model", "dataset", "image_size", "batch_size", "precision", "layout", "setting_source", "compile", "device",
     "device_name", "torch_threads", "images", "rounds", "interleave",
     *[bare_column(*s) for s in SETTINGS], "fastest", "ceiling_samples_per_sec",
     "bare_samples_per_sec", "loop_samples_per_sec", "loop_ratio", "setting_ratio", "bare_step_ms", "loop_step_ms",
-    "data_wait_share", "warmup_steps", "warmup_seconds", "compile_seconds",
-    "infer_latency_ms", "infer_batch_size", "infer_samples_per_sec",
-    "param_count", "gmacs", "torch", "git_sha", "measured_at",
-]
+    "data_wait_share", "warmup_steps", "warmup_seconds", "compile_seconds", "infer_latency_ms", "infer_batch_size",
+    "infer_samples_per_sec", "param_count", "gmacs", "torch", "git_sha", "measured_at"]
 
 
 # ---------------------------------------------------------------- measuring
@@ -328,7 +328,7 @@ def configurations(args) -> list:
         bases, seen = [], set()
         for c in cells["train"]:
             p = {k: v for k, v in c.params.items() if k not in ("seed", "epochs", "early_stopping", "profile", "targets")}
-            key = tuple(sorted((k, str(v)) for k, v in p.items()))
+            key = tuple(str(p.get(k)) for k in STEP_KEYS)   # one row per step that runs differently
             if key not in seen and (not args.model or p["model"] in args.model):
                 seen.add(key)
                 bases.append(p)
