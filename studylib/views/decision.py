@@ -84,7 +84,9 @@ def models_table(runs: pd.DataFrame, records: list[dict], dataset: str) -> tuple
                       "train_cost": _mean(priced[i]["training_cost"] for i in ids if i in priced)
                       if all(i in priced for i in ids) else None,
                       **{k: _mean(getattr(s, k) for s in served) for k in SERVING}})
-    table = pd.concat([table, pd.DataFrame(extra, index=table.index)], axis=1)
+    extra = pd.DataFrame(extra, index=table.index)
+    # a grouping setting of the same name (epochs, batch_size) is in the label already: the measured value wins
+    table = pd.concat([table.drop(columns=[c for c in extra.columns if c in table.columns]), extra], axis=1)
     return table, notes, (currencies.pop() if len(currencies) == 1 else None)
 
 

@@ -16,6 +16,7 @@ import pandas as pd
 import seaborn as sns
 
 from studylib.uncertainty import compare, correct_matrix
+from studylib.views.format import number
 from studylib.views.format import table as format_table
 
 # column in runs.parquet -> (heading, format, scale)
@@ -63,12 +64,15 @@ def model_groups(runs: pd.DataFrame, dataset: str) -> list[tuple[dict, pd.DataFr
     out = []
     for key, group in train.groupby(keys, sort=False, dropna=False):
         out.append((dict(zip(keys, key if isinstance(key, tuple) else (key,))), group))
-    return out
+    # a key names only the settings in which groups of the same model differ: "smallvgg3 (augment True)"
+    differ = {m: [n for n in keys[1:] if len({str(k[n]) for k, _ in out if k["model"] == m}) > 1]
+              for m in {k["model"] for k, _ in out}}
+    return [({n: v for n, v in key.items() if n == "model" or n in differ[key["model"]]}, group) for key, group in out]
 
 
 def group_label(key: dict) -> str:
-    """A group's name in figures and sentences: the model, then its varying settings."""
-    settings = ", ".join(f"{k} {v}" for k, v in key.items() if k != "model")
+    """A group's name in figures and sentences: the model, then the settings that set it apart."""
+    settings = ", ".join(f"{k} {number(v)}" for k, v in key.items() if k != "model")
     return f"{key['model']} ({settings})" if settings else str(key["model"])
 
 
