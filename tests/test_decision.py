@@ -238,15 +238,18 @@ def test_decision_and_results_notebooks_execute(study_env, tmp_path, full, train
 
 
 def test_models_trained_for_other_epochs_and_settings_are_told_apart(trains):
-    """The cifar10 study: one model for 3 epochs, another for 2, and one model in two settings. The labels name
-    only what sets a model's groups apart, and the epochs in the sentences are each model's own (the grouping
-    column 'epochs' and the measured one once collided and the page failed)."""
-    records = [train_record("smallvgg3", s, range(30 + s, 60), 4.0, [(80, 8, 0.5), (80, 8, 0.6), (80, 8, 0.7)],
-                            augment=aug, epochs=3) for s in (0, 1) for aug in (False, True)]
-    for r, aug in zip(records, (False, True, False, True)):
-        r["run_id"] += "-aug" if aug else ""
+    """The cifar10 study: one model in two settings (3 epochs, and 2 epochs with augmentation) beside another.
+    The labels name only what sets a model's groups apart, and the epochs in the sentences are each group's
+    own (the grouping column 'epochs' and the measured one once collided and the page failed)."""
+    three, two = [(80, 8, 0.5), (80, 8, 0.6), (80, 8, 0.7)], [(80, 8, 0.5), (80, 8, 0.6)]
+    records = [train_record("smallvgg3", s, range(30 + s, 60), 4.0, h, augment=aug)
+               for s in (0, 1) for h, aug in ((three, False), (two, True))]
+    for r in records:
+        r["run_id"] += f"-e{r['params']['epochs']}"
     records += trains[:2]
     d = decision.decide(runs_of(records), records, "clothing10")
-    assert sorted(d.models.label) == ["shufflenet_v2_x1_0", "smallvgg3 (augment no)", "smallvgg3 (augment yes)"]
+    assert sorted(d.models.label) == ["shufflenet_v2_x1_0", "smallvgg3 (epochs 2, augment yes)",
+                                      "smallvgg3 (epochs 3, augment no)"]
     text = "\n".join(d.changes)
-    assert "smallvgg3 (augment no) by 10.0 points at epoch 3" in text and "shufflenet_v2_x1_0: 2" in text
+    assert "smallvgg3 (epochs 3, augment no) by 10.0 points at epoch 3" in text
+    assert "smallvgg3 (epochs 2, augment yes): 2" in text
