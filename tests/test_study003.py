@@ -55,8 +55,10 @@ def test_the_arm_table_sets_ours_beside_003s():
 def test_a_difference_beyond_the_interval_is_named_with_its_reason():
     rows = study003.arm_rows(study003.finished(
         [record("smallvgg3", s, 140, 0.99) for s in (0, 1)]                          # 70%: 003's number, inside
-        + [record("smallvgg3_bn", s, 120, 0.62) for s in (0, 1)]))                  # 60% vs 82.37%: below
+        + [record("smallvgg3_bn", s, 120, 0.62) for s in (0, 1)]                    # 60% vs 82.37%: below
+        + [record("smallvgg3", s, 120, 0.6, augment=True) for s in (0, 1)]))        # 003 gave no number: no sentence
     said = study003.differences(rows)
+    assert len(said) == 2 and not any("augmentation" in s for s in said)
     assert said[0].startswith("**3 blocks**: 003's 70.0% lies inside our interval")
     assert "**3 blocks + BatchNorm**: ours is 60.0%, below 003's 82.4%" in said[1]
     assert "we trained 3 epochs where 003 trained 100" in said[1]

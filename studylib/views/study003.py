@@ -95,7 +95,7 @@ def differences(rows: pd.DataFrame) -> list[str]:
     saying which is higher and what the records say about why."""
     out = []
     for _, r in rows.iterrows():
-        if r["published"] is None or math.isnan(r["low"]):
+        if pd.isna(r["published"]) or math.isnan(r["low"]):   # 003 published no number (augmentation alone)
             continue
         if r["low"] <= r["published"] <= r["high"]:
             out.append(f"**{r['arm']}**: 003's {_pct(r['published'])}% lies inside our interval.")
