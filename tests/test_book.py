@@ -154,4 +154,8 @@ def test_the_machines_table_shows_every_value():
     assert one.loc["train runs", "value"] == "2" and (one["value"] != "").all()
     two = setups_table([cpu, {**cpu, "hardware": {**cpu["hardware"], "torch_threads": 1}}])
     assert list(two.columns) == ["setup 1", "setup 2"] and set(two.loc["PyTorch threads"]) == {"1", "2"}
+    # runs across two commits: git's short form (a full sha in two columns overflowed the page)
+    full = "0123456789abcdef0123456789abcdef01234567"
+    commits = setups_table([cpu, {**cpu, "versions": {**cpu["versions"], "git_sha": full}}])
+    assert set(commits.loc["git commit"]) == {"f5e3311", full[:12]}
     assert setups_table([]).empty

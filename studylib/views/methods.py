@@ -27,6 +27,7 @@ def setups_table(records: list[dict]) -> pd.DataFrame:
         row = {**{k: hw.get(k) for k in ("cpu_model", "cpu_count", "torch_threads", "gpu_name")}, "device": r.get("device"),
                **{k: versions.get(k) for k in ("python", "torch", "torchvision", "timm", "studylib", "git_sha")}}
         row["gpu_name"] = row["gpu_name"] or "none"
+        row["git_sha"] = str(row["git_sha"])[:12] if row["git_sha"] else None   # git's short form: two setups fit the page
         rows.append({SETUP_FIELDS[k]: number(v, missing="unknown") for k, v in row.items()})
     if not rows:
         return pd.DataFrame()
