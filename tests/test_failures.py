@@ -38,7 +38,7 @@ if model == "smallvgg2":                  # the notebook glues a record without 
 GRID = """
 study: failures
 stages: [train, deploy]
-cell_timeout: {{train: 40}}
+cell_timeout: {{train: 20}}
 train:
   datasets: [imagefolder]
   root: {root}
@@ -96,7 +96,7 @@ def test_broken_cells_are_recorded_and_a_later_stage_still_runs(study_env, tiny_
     assert errors["mnasnet0_5"].startswith("DeadKernelError: Kernel died"), errors["mnasnet0_5"]   # nbclient's words
     assert errors["shufflenet_v2_x0_5"] == NO_RECORD
     assert errors["smallvgg2"].startswith("record field 'test'"), errors["smallvgg2"]
-    assert errors["smallvgg3"] == ("CellTimeoutError: a cell ran longer than the cell timeout of 40 s "
+    assert errors["smallvgg3"] == ("CellTimeoutError: a cell ran longer than the cell timeout of 20 s "
                                    "(cell_timeout in the grid file).")
     for model in ("mnasnet0_5", "shufflenet_v2_x0_5", "smallvgg2", "smallvgg3"):   # each failure named in the summary too
         assert f"FAILED {train.run_id[model]}: {errors[model]}" in out
