@@ -44,7 +44,7 @@ def test_the_arm_table_sets_ours_beside_003s():
     assert three["train"] == pytest.approx(0.98) and three["gap"] == pytest.approx(0.98 - 0.725)
     assert three["minutes"] == pytest.approx(2.5) and three["published"] == 0.70
     assert three["low"] < 0.725 < three["high"]
-    shown = study003.arm_table(rows)
+    shown = study003.arm_table(rows).set_index("arm")    # the arm is a column: the book hides the index
     assert shown.loc["3 blocks", "003's test accuracy (%)"] == "70.0"
     assert shown.loc["3 blocks", "our test top-1 (%, mean ± std)"] == "72.5 ± 3.5"
     assert shown.loc["3 blocks + BatchNorm", "003's test accuracy (%)"] == "82.4"
@@ -74,6 +74,7 @@ def test_the_headline_reports_minutes_to_90_and_93():
     assert "**91.0% test top-1** after 9.0 minutes" in sentence and "passed 90% after 7.0 minutes" in sentence
     assert "93% was not reached" in sentence
     table = study003.headline_table(h)
+    assert list(table.columns[:2]) == ["run", "machine"]
     assert table.iloc[0]["to 90% on validation (min)"] == "7.0" and table.iloc[0]["to 93% on validation (min)"] == "not reached"
     assert table.iloc[0]["machine"] == "AMD EPYC, 2 cores"
 

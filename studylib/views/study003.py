@@ -87,7 +87,7 @@ def arm_table(rows: pd.DataFrame) -> pd.DataFrame:
         "gap, train − test (points)": [_pct(v) for v in rows["gap"]],
         "seeds": rows["seeds"].astype(int).astype(str),
         "train time (min)": [number(v, decimals=1) for v in rows["minutes"]],
-    }).set_index("arm")
+    })
 
 
 def differences(rows: pd.DataFrame) -> list[str]:
@@ -168,7 +168,7 @@ def headline_table(h: dict) -> pd.DataFrame:
         {"run": "airbench94 (published)", "machine": AIRBENCH["machine"], "test top-1 (%)": _pct(AIRBENCH["accuracy"]),
          "training (min)": number(AIRBENCH["seconds"] / 60, decimals=3),
          "to 90% on validation (min)": "—", "to 93% on validation (min)": "—"},
-    ]).set_index("run")
+    ])
 
 
 def headline_sentence(h: dict) -> str:
