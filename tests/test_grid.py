@@ -88,7 +88,7 @@ train:
     assert len({c.run_id for c in train}) == len(train)
     c = train[0]
     assert c.run_id.startswith("train-clothing10-smallvgg1-s0-") and c.notebook == f"train/{c.run_id}.ipynb"
-    assert "lr 0.001" in c.title
+    assert "lr 0.001" in c.title and "targets" not in c.title     # a list-typed value is no sweep: not in the title
     # the run id is the one train_run computes from the full, validated parameters
     from studylib.record import run_id
     assert c.run_id == run_id("train", TrainParams.from_mapping(c.params).run_params())

@@ -206,7 +206,9 @@ def expand_train(grid: Grid) -> list[Cell]:
                             continue
                         seen.add(rid)
                         title = f"{model} on {data_label(dataset, params['root'])}, seed {seed}"
-                        extra = {k: params[k] for k, v in combo.items() if isinstance(base.get(k), list)}
+                        swept = [k for k, v in settings.items() if isinstance(v, list)
+                                 and (k not in list_fields or (v and isinstance(v[0], list)))]   # as _sweep does
+                        extra = {k: params[k] for k in combo if k in swept}
                         if extra:
                             title += " (" + ", ".join(f"{k} {v}" for k, v in extra.items()) + ")"
                         cells.append(Cell("train", rid, params, title=title, gpu=params["device"] != "cpu"))
