@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from studylib.data.integrity import read_checksums
 from studylib.data.registry import Dataset, Items, register_dataset
 from studylib.data.splits import splits_dir, stratified_split
 from studylib.errors import DatasetUnavailable
@@ -67,8 +68,7 @@ def verify_archive(path: Path) -> str:
     digest = sha256_of(path)
     sums = path.parent / "SHA256SUMS"
     if sums.is_file():
-        listed = {line.split()[1].lstrip("*"): line.split()[0] for line in sums.read_text().splitlines()
-                  if len(line.split()) == 2}
+        listed = read_checksums(sums)
         if path.name in listed and listed[path.name] != digest:
             raise DatasetUnavailable(f"dataset 'cifar10': '{path}' has SHA-256 {digest}, but {sums} lists "
                                      f"{listed[path.name]}; the file is damaged or another one: fetch it again.")

@@ -165,7 +165,7 @@ def _checksum_list(ds: Dataset) -> tuple[str, str, Path] | None:
     return None
 
 
-def _read_checksums(path: Path) -> dict[str, str]:
+def read_checksums(path: Path) -> dict[str, str]:
     """relative path -> hex digest from a `sha256sum`-style list ("<hex>  ./path" or "<hex> *path")."""
     out = {}
     for line in path.read_text().splitlines():
@@ -186,7 +186,7 @@ def _verify_checksums(ds: Dataset, facts: list[ImageFacts], problems: list[dict]
         return None
     name, algo, path = found
     t0 = time.perf_counter()
-    listed = _read_checksums(path)
+    listed = read_checksums(path)
     by_path = {f.path: f for f in facts}
     store, base = ds.store, ds.local_root()
     verified = mismatched = missing = 0
