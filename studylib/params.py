@@ -11,6 +11,8 @@ refused before any work instead of ignored.
 from __future__ import annotations
 
 import difflib
+import json
+from pathlib import Path
 from typing import Annotated, ClassVar, Literal, Union
 
 import torch
@@ -19,6 +21,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Val
 from studylib.data.registry import check_root, dataset_spec
 from studylib.errors import ParameterError, check_no_secret
 from studylib.models import fixed_image_size, min_image_size, model_family
+from studylib.paths import NAME, runs_dir
 
 
 def _check(test, allowed: str):
@@ -45,6 +48,36 @@ def _switch(value, info: ValidationInfo):
 
 # amp and channels_last: on, off, or "auto" (studylib.train.speed resolves it per model from the bench)
 SpeedSwitch = Annotated[Union[bool, Literal["auto"]], BeforeValidator(_switch)]
+
+PRETRAINED_ALLOWED = ("false, true (ImageNet weights) or a run of this study: a run id with a folder in the runs "
+                      "folder, or a path to a run folder, holding record.json and model.pt")
+
+
+def _pretrained(value, info: ValidationInfo):
+    if value is True or value is False or (isinstance(value, str) and value.strip() == value and value):
+        return value
+    raise ParameterError(info.field_name, value, PRETRAINED_ALLOWED)
+
+
+# pretrained: false, true (ImageNet weights) or a run of this study whose backbone weights start this run
+Pretrained = Annotated[Union[bool, str], BeforeValidator(_pretrained)]
+
+
+def source_run_dir(pretrained: str) -> Path:
+    """The run folder a `pretrained` string names: a path to a run folder, or a run id under runs_dir();
+    refused in one sentence when neither holds record.json and model.pt."""
+    candidates = [Path(pretrained).expanduser()]
+    if NAME.fullmatch(pretrained):
+        candidates.insert(0, runs_dir() / pretrained)
+    for folder in candidates:
+        if (folder / "record.json").is_file() and (folder / "model.pt").is_file():
+            return folder
+    raise ParameterError("pretrained", pretrained, PRETRAINED_ALLOWED)
+
+
+def source_record(pretrained: str) -> dict:
+    """The record.json of the run a `pretrained` string names (see source_run_dir)."""
+    return json.loads((source_run_dir(pretrained) / "record.json").read_text())
 
 
 class StageParams(BaseModel):
@@ -80,9 +113,10 @@ class TrainParams(StageParams):
     dataset: str = "clothing10"
     root: str = ""                       # data root; "" means data/<dataset>
     model: str = "shufflenet_v2_x1_0"
-    pretrained: bool = False
+    pretrained: Pretrained = False
     finetune: Literal["all", "head"] = "all"
     head: Literal["linear", "mlp"] = "linear"
+    backbone_lr_factor: PositiveFloat = 1.0
     epochs: PositiveInt = 5
     batch_size: PositiveInt = 64
     lr: PositiveFloat = 1e-2
@@ -134,16 +168,38 @@ class TrainParams(StageParams):
         model_family(v)
         return v
 
+    @classmethod
+    def from_mapping(cls, values: dict, check_source: bool = True):
+        """As StageParams.from_mapping; check_source=False accepts a `pretrained` run that does not exist
+        yet (a grid cell whose source cell has not run): train_run checks it again before any work."""
+        return validate_mapping(cls, values, cls.stage, cls.allowed, cls.secret, context={"check_source": check_source})
+
     @model_validator(mode="after")
-    def _cross_checks(self):
+    def _cross_checks(self, info: ValidationInfo):
+        if self.pretrained is False and self.finetune == "head":
+            raise ParameterError("finetune", self.finetune, "'all' when pretrained is false (a frozen random backbone: "
+                                 "nothing to fine-tune)")
+        if self.pretrained is False and self.backbone_lr_factor != 1:
+            raise ParameterError("backbone_lr_factor", self.backbone_lr_factor, "1 when pretrained is false "
+                                 "(random backbone weights: nothing to fine-tune)")
+        if isinstance(self.pretrained, str) and (info.context or {}).get("check_source", True):
+            self.check_source()
         smallest = min_image_size(self.model)
         if self.image_size < smallest:
             raise ParameterError("image_size", self.image_size, f"at least {smallest} for model '{self.model}'")
         fixed = fixed_image_size(self.model)
-        if fixed and self.pretrained and self.image_size != fixed:
+        if fixed and self.pretrained is True and self.image_size != fixed:
             raise ParameterError("image_size", self.image_size, f"{fixed} for pretrained '{self.model}', which is built for that size")
         check_root(self.dataset, self.root)  # a root where one is needed, an existing folder where one must be
         return self
+
+    def check_source(self) -> dict:
+        """The record of the `pretrained` run, refused in one sentence when it is missing or trained another model."""
+        record = source_record(self.pretrained)
+        if record.get("model") != self.model:
+            raise ParameterError("pretrained", self.pretrained, f"a run of model '{self.model}' (pretrained run "
+                                 f"{record.get('run_id')} trained {record.get('model')}; this run trains {self.model})")
+        return record
 
     def run_params(self) -> dict:
         """The parameters that define the run (what the run id hashes): everything but where outputs go."""
@@ -170,12 +226,14 @@ def unknown_allowed(name: str, known, stage: str) -> str:
     return f"one of the {stage} parameters ({near}all: {', '.join(sorted(known))})"
 
 
-def validate_mapping(cls, values: dict, stage: str, allowed: dict | None = None, secret: tuple = ()):
+def validate_mapping(cls, values: dict, stage: str, allowed: dict | None = None, secret: tuple = (),
+                     context: dict | None = None):
     """Build the pydantic model `cls` from `values`, or raise one ParameterError sentence:
     an unknown key, or the first invalid value with what is allowed.
 
     allowed: the sentence's "allowed" part for some fields, where pydantic's would be unclear;
-    secret: fields whose value is never echoed (only its type is named), e.g. storage credentials.
+    secret: fields whose value is never echoed (only its type is named), e.g. storage credentials;
+    context: passed to the validators (pydantic's validation context).
     """
     fields = set(cls.model_fields)
     unknown = sorted(set(values) - fields)
@@ -183,7 +241,7 @@ def validate_mapping(cls, values: dict, stage: str, allowed: dict | None = None,
         raise ParameterError(unknown[0], values[unknown[0]], unknown_allowed(unknown[0], fields, stage))
     check_no_secret("", values)   # a secret is never a parameter: it would reach the record and the notebook
     try:
-        return cls(**values)
+        return cls.model_validate(values, context=context)
     except ValidationError as err:
         first = err.errors()[0]
         ctx_err = (first.get("ctx") or {}).get("error")
