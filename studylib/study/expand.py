@@ -5,6 +5,11 @@ models x seeds x hyperparameters (a list is a cartesian product; per-model overr
 `load_grid` validates every parameter before any cell runs and expands the train, data_prep and
 tune cells; deploy and cost cells depend on earlier stages' records and are expanded when their
 stage starts (`expand_deploy`, `expand_cost`). Any mistake is one ParameterError sentence.
+A train block with a `name` can be the source of a later block's weights: `pretrained: {from: <name>}` in a
+block makes each of its cells fine-tune the source block's cell of the same model (the same seed when the
+source block ran it, else the source block's first seed; its first dataset and setting), whose run id
+becomes the cell's `pretrained` (`Cell.source`: the runner starts the cell once that one has finished).
+The source must be an earlier block (so there is no cycle) with a cell of every model of the block.
 `cell_timeout` (stage: seconds) bounds how long any one notebook cell of a stage may run (CELL_TIMEOUT's
 defaults for the stages it leaves out); past it the grid stops that notebook and records it as failed.
 """
@@ -157,14 +162,57 @@ def data_label(dataset: str, root: str) -> str:
     return Path(root).name if root and dataset_spec(dataset).needs_root else dataset
 
 
+PRETRAINED_FROM = "false, true, a run id, a path to a run folder, or {from: <name of an earlier train block>}"
+
+
+def source_block(grid: Grid, b: int, where: str) -> Optional[int]:
+    """The index of the earlier block that block b's `pretrained: {from: <name>}` names; None when its
+    `pretrained` is anything else. Only an earlier block may be named: no two blocks wait on each other."""
+    spec = (grid.train[b].model_extra or {}).get("pretrained")
+    if not isinstance(spec, dict):
+        return None
+    name = spec.get("from")
+    if set(spec) != {"from"} or not isinstance(name, str) or not name:
+        raise ParameterError(f"{where}.pretrained", spec, PRETRAINED_FROM)
+    names = [block.name for block in grid.train]
+    earlier = [i for i in range(b) if names[i] == name]
+    if len(earlier) == 1:
+        return earlier[0]
+    if earlier:
+        allowed = f"the name of one train block ({len(earlier)} blocks are named '{name}')"
+    elif name in names[b:]:
+        allowed = ("the name of an earlier train block (a block takes weights only from a block above it, "
+                   "so no two blocks wait on each other)")
+    else:
+        known = ", ".join(f"'{n}'" for n in names[:b] if n)
+        allowed = f"the name of an earlier train block ({known or 'no earlier block has a name'})"
+    raise ParameterError(f"{where}.pretrained.from", name, allowed)
+
+
+def source_cell(cells: list[Cell], model: str, seed: int, where: str, name: str) -> Cell:
+    """The source block's cell for a dependent cell: the same model, the same seed when the source block ran
+    it, else the source block's first seed (of the model's cells, the first in the block's order)."""
+    candidates = [c for c in cells if c.params["model"] == model]
+    if not candidates:
+        models = ", ".join(dict.fromkeys(c.params["model"] for c in cells))
+        raise ParameterError(f"{where}.pretrained.from", name,
+                             f"a block with a cell of model '{model}' (block '{name}' trains {models})")
+    return next((c for c in candidates if c.params["seed"] == seed), candidates[0])
+
+
 def expand_train(grid: Grid) -> list[Cell]:
-    """One cell per dataset x model x seed x swept setting, each validated as TrainParams (duplicates once)."""
+    """One cell per dataset x model x seed x swept setting, each validated as TrainParams (duplicates once).
+    A block with `pretrained: {from: <block>}` takes each cell's weights from its source cell (source_cell)."""
     fields = set(TrainParams.model_fields)
     list_fields = _list_fields()
-    cells, seen = [], set()
+    cells, by_id, block_cells = [], {}, []
     for b, block in enumerate(grid.train):
         where = f"train[{b}]" if len(grid.train) > 1 else "train"
         base = dict(block.model_extra or {})
+        src = source_block(grid, b, where)
+        if src is not None:
+            base.pop("pretrained")   # each cell's own: its source cell's run id
+        block_cells.append([])
         for key in base:
             if key in ("dataset", "model", "seed") or key not in fields - {"output_dir"}:
                 raise ParameterError(f"{where}.{key}", base[key],
@@ -190,28 +238,38 @@ def expand_train(grid: Grid) -> list[Cell]:
                                 settings[key] = value
                                 origin[key] = f"{where}.overrides.{pattern}"
                 for seed in seeds:
+                    source = None if src is None else source_cell(block_cells[src], model, seed, where,
+                                                                   grid.train[src].name)
                     for combo in _sweep(settings, list_fields):
                         values = {"dataset": dataset, "model": model, "seed": seed, **combo}
-                        try:
-                            params = TrainParams.from_mapping(values).run_params()
+                        if source is not None:
+                            values["pretrained"] = source.run_id
+                        try:   # a source cell has not run yet: its run is checked when this cell starts
+                            params = TrainParams.from_mapping(values, check_source=source is None).run_params()
                         except ParameterError as err:
-                            src = origin.get(err.parameter, where)
+                            src_key = origin.get(err.parameter, where)
                             if err.parameter in ("dataset", "model", "seed"):
-                                src, name = where, err.parameter + "s"
+                                src_key, name = where, err.parameter + "s"
                             else:
                                 name = err.parameter
-                            raise ParameterError(f"{src}.{name}", err.value, err.allowed) from None
+                            raise ParameterError(f"{src_key}.{name}", err.value, err.allowed) from None
                         rid = run_id("train", params)
-                        if rid in seen:
+                        if rid in by_id:
+                            block_cells[b].append(by_id[rid])
                             continue
-                        seen.add(rid)
                         title = f"{model} on {data_label(dataset, params['root'])}, seed {seed}"
                         swept = [k for k, v in settings.items() if isinstance(v, list)
                                  and (k not in list_fields or (v and isinstance(v[0], list)))]   # as _sweep does
                         extra = {k: params[k] for k in combo if k in swept}
+                        if source is not None:
+                            extra = {"from": source.params["dataset"], "finetune": params["finetune"], **extra}
                         if extra:
                             title += " (" + ", ".join(f"{k} {v}" for k, v in extra.items()) + ")"
-                        cells.append(Cell("train", rid, params, title=title, gpu=params["device"] != "cpu"))
+                        cell = Cell("train", rid, params, title=title, gpu=params["device"] != "cpu",
+                                    source=source.run_id if source is not None else "")
+                        by_id[rid] = cell
+                        block_cells[b].append(cell)
+                        cells.append(cell)
     return cells
 
 

@@ -27,6 +27,7 @@ class Cell:
     title: str = ""
     gpu: bool = False
     notebook: str = ""          # book-relative path of the executed notebook, e.g. train/<run-id>.ipynb
+    source: str = ""            # a train cell's source cell (its `pretrained` run): this cell starts after it
 
     def __post_init__(self):
         check_name("stage", self.stage)
