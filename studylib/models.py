@@ -2,8 +2,10 @@
 
 `create_model(name, num_classes, pretrained)` is the public interface: the name alone picks
 the library. The classification head is replaced for `num_classes`; with finetune="head" the
-backbone is frozen and only the new head trains (a linear layer, or two fully connected
-layers as in reference study 004).
+backbone is frozen (no gradients, BatchNorm layers held in eval mode) and only the new head trains
+(a linear layer, or two fully connected layers as in reference study 004). Every model names its
+head (`head_name`), so the backbone's weights can come from another run's checkpoint
+(`load_backbone`) and the optimizer can give backbone and head learning rates of their own.
 """
 from __future__ import annotations
 
@@ -139,15 +141,16 @@ def fixed_image_size(name: str) -> int | None:
     return None
 
 
-def _last_linear(model: nn.Module) -> tuple[nn.Module, str, nn.Linear]:
-    parent, attr, last = None, None, None
-    for module in model.modules():
+def _last_linear(model: nn.Module) -> tuple[nn.Module, str, nn.Linear, str]:
+    """The last linear layer: its parent, its attribute there, the layer and its qualified name."""
+    found = None
+    for prefix, module in model.named_modules():
         for child_name, child in module.named_children():
             if isinstance(child, nn.Linear):
-                parent, attr, last = module, child_name, child
-    if last is None:
+                found = (module, child_name, child, f"{prefix}.{child_name}" if prefix else child_name)
+    if found is None:
         raise ValueError("model has no linear classification layer to replace")
-    return parent, attr, last
+    return found
 
 
 def make_head(in_features: int, num_classes: int, head: str) -> nn.Module:
@@ -160,7 +163,7 @@ def make_head(in_features: int, num_classes: int, head: str) -> nn.Module:
 
 def replace_head(model: nn.Module, num_classes: int, head: str = "linear") -> nn.Module:
     """Swap the last linear layer for a fresh head with `num_classes` outputs; returns the head."""
-    parent, attr, last = _last_linear(model)
+    parent, attr, last, _ = _last_linear(model)
     new = make_head(last.in_features, num_classes, head)
     setattr(parent, attr, new)
     return new
@@ -224,15 +227,60 @@ def create_model(name: str, num_classes: int, pretrained: bool = False, finetune
         set_batchnorm_momentum(model, FROM_SCRATCH_BN_MOMENTUM)
         if name.startswith("mnasnet"):
             small_head_init(model.classifier[-1])
+    model.studylib_head = _last_linear(model)[3]   # the head's place: the last linear layer, or what replaces it
     needs_new_head = (family == "torchvision" and pretrained) or finetune == "head" or head != "linear"
     if needs_new_head:
-        new_head = replace_head(model, num_classes, head)
+        replace_head(model, num_classes, head)
     if finetune == "head":
-        for p in model.parameters():
-            p.requires_grad_(False)
-        for p in new_head.parameters():
-            p.requires_grad_(True)
+        freeze_backbone(model)
     return model
+
+
+def head_name(model: nn.Module) -> str:
+    """The qualified name of the model's classification head (set by create_model)."""
+    return model.studylib_head
+
+
+def is_head(model: nn.Module, key: str) -> bool:
+    """Whether a state-dict key or parameter name belongs to the classification head."""
+    return key == head_name(model) or key.startswith(head_name(model) + ".")
+
+
+class FrozenBatchNorm:
+    """Mixin for the BatchNorm layers of a frozen backbone: they stay in eval mode when the model is put in
+    train mode, so they normalise with their running statistics and never update them."""
+
+    def train(self, mode: bool = True):
+        return super().train(False)
+
+
+@lru_cache(maxsize=None)
+def _frozen(cls: type) -> type:
+    return type(f"Frozen{cls.__name__}", (FrozenBatchNorm, cls), {})
+
+
+def freeze_backbone(model: nn.Module) -> None:
+    """No gradients outside the head, and the backbone's BatchNorm layers held in eval mode."""
+    for name, p in model.named_parameters():
+        p.requires_grad_(is_head(model, name))
+    for name, m in model.named_modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and not is_head(model, name):
+            m.__class__ = _frozen(type(m))
+            m.train(False)
+
+
+def load_backbone(model: nn.Module, state: dict) -> None:
+    """Copy every weight but the head's from `state` (another run's checkpoint of the same architecture);
+    the head keeps its fresh weights. Raises ValueError naming the first weight that does not fit."""
+    own = {k: v for k, v in model.state_dict().items() if not is_head(model, k)}
+    theirs = {k: v for k, v in state.items() if not is_head(model, k)}
+    for key in sorted(set(own) | set(theirs)):
+        if key not in theirs or key not in own:
+            raise ValueError(f"weight '{key}' is {'missing from' if key not in theirs else 'extra in'} the checkpoint")
+        if own[key].shape != theirs[key].shape:
+            raise ValueError(f"weight '{key}' has shape {list(theirs[key].shape)} in the checkpoint and "
+                             f"{list(own[key].shape)} in this model")
+    model.load_state_dict(theirs, strict=False)   # what is left out is the head's
 
 
 # torchvision builds mobilenet_v3 with BatchNorm momentum 0.01 and mnasnet with 0.0003, tuned for

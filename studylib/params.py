@@ -20,8 +20,8 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Val
 
 from studylib.data.registry import check_root, dataset_spec
 from studylib.errors import ParameterError, check_no_secret
-from studylib.models import fixed_image_size, min_image_size, model_family
-from studylib.paths import NAME, runs_dir
+from studylib.models import create_model, fixed_image_size, load_backbone, min_image_size, model_family
+from studylib.paths import NAME, project_root, runs_dir
 
 
 def _check(test, allowed: str):
@@ -49,14 +49,15 @@ def _switch(value, info: ValidationInfo):
 # amp and channels_last: on, off, or "auto" (studylib.train.speed resolves it per model from the bench)
 SpeedSwitch = Annotated[Union[bool, Literal["auto"]], BeforeValidator(_switch)]
 
-PRETRAINED_ALLOWED = ("false, true (ImageNet weights) or a run of this study: a run id with a folder in the runs "
-                      "folder, or a path to a run folder, holding record.json and model.pt")
+def pretrained_allowed() -> str:
+    return ("false, true (ImageNet weights) or a run of this study: a run id with a folder in "
+            f"{runs_dir()}, or a path to a run folder, holding record.json and model.pt")
 
 
 def _pretrained(value, info: ValidationInfo):
     if value is True or value is False or (isinstance(value, str) and value.strip() == value and value):
         return value
-    raise ParameterError(info.field_name, value, PRETRAINED_ALLOWED)
+    raise ParameterError(info.field_name, value, pretrained_allowed())
 
 
 # pretrained: false, true (ImageNet weights) or a run of this study whose backbone weights start this run
@@ -66,13 +67,14 @@ Pretrained = Annotated[Union[bool, str], BeforeValidator(_pretrained)]
 def source_run_dir(pretrained: str) -> Path:
     """The run folder a `pretrained` string names: a path to a run folder, or a run id under runs_dir();
     refused in one sentence when neither holds record.json and model.pt."""
-    candidates = [Path(pretrained).expanduser()]
+    path = Path(pretrained).expanduser()
+    candidates = [path] if path.is_absolute() else [path, project_root() / path]   # notebooks run in book/
     if NAME.fullmatch(pretrained):
         candidates.insert(0, runs_dir() / pretrained)
     for folder in candidates:
         if (folder / "record.json").is_file() and (folder / "model.pt").is_file():
             return folder
-    raise ParameterError("pretrained", pretrained, PRETRAINED_ALLOWED)
+    raise ParameterError("pretrained", pretrained, pretrained_allowed())
 
 
 def source_record(pretrained: str) -> dict:
@@ -182,8 +184,6 @@ class TrainParams(StageParams):
         if self.pretrained is False and self.backbone_lr_factor != 1:
             raise ParameterError("backbone_lr_factor", self.backbone_lr_factor, "1 when pretrained is false "
                                  "(random backbone weights: nothing to fine-tune)")
-        if isinstance(self.pretrained, str) and (info.context or {}).get("check_source", True):
-            self.check_source()
         smallest = min_image_size(self.model)
         if self.image_size < smallest:
             raise ParameterError("image_size", self.image_size, f"at least {smallest} for model '{self.model}'")
@@ -191,14 +191,26 @@ class TrainParams(StageParams):
         if fixed and self.pretrained is True and self.image_size != fixed:
             raise ParameterError("image_size", self.image_size, f"{fixed} for pretrained '{self.model}', which is built for that size")
         check_root(self.dataset, self.root)  # a root where one is needed, an existing folder where one must be
+        if isinstance(self.pretrained, str) and (info.context or {}).get("check_source", True):
+            self.check_source()
         return self
 
     def check_source(self) -> dict:
-        """The record of the `pretrained` run, refused in one sentence when it is missing or trained another model."""
+        """The record of the `pretrained` run, refused in one sentence when it is missing, trained another model
+        or holds weights that do not fit this run's model (a layer of another shape)."""
         record = source_record(self.pretrained)
+        theirs = f"pretrained run {record.get('run_id')} trained {record.get('model')}"
         if record.get("model") != self.model:
-            raise ParameterError("pretrained", self.pretrained, f"a run of model '{self.model}' (pretrained run "
-                                 f"{record.get('run_id')} trained {record.get('model')}; this run trains {self.model})")
+            raise ParameterError("pretrained", self.pretrained,
+                                 f"a run of model '{self.model}' ({theirs}; this run trains {self.model})")
+        state = torch.load(source_run_dir(self.pretrained) / "model.pt", map_location="cpu", weights_only=True)
+        try:
+            load_backbone(create_model(self.model, record["num_classes"], False, "all", self.head,
+                                       image_size=self.image_size), state)
+        except ValueError as err:
+            raise ParameterError("pretrained", self.pretrained, f"a run whose weights fit this run's model ({theirs} "
+                                 f"at {record.get('image_size')} px; this run trains {self.model} at {self.image_size} "
+                                 f"px: {err})") from None
         return record
 
     def run_params(self) -> dict:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Optional
+from typing import Optional, Union
 
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
@@ -77,7 +77,9 @@ class TrainRecord(Record):
     stage: str = "train"
     dataset: str
     model: str
-    pretrained: bool
+    pretrained: Union[bool, str]        # false, true (ImageNet weights) or the run id / run folder given as parameter
+    source_run_id: Optional[str] = None     # the run whose backbone weights this run started from (None: scratch, ImageNet)
+    source_dataset: Optional[str] = None    # the dataset that run trained on
     device: str
     hardware: dict
     versions: dict

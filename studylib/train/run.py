@@ -52,6 +52,8 @@ def load_checkpoint(record: dict, device: str = "cpu") -> nn.Module:
 
 def train_run(params: TrainParams, progress: bool = True, on_epoch=None) -> TrainResult:
     started = now()
+    # a run as `pretrained`, checked again before any work (a grid validates a cell before its source has run)
+    source = params.check_source() if isinstance(params.pretrained, str) else {}
     rid = run_id("train", params.run_params())
     out_dir = Path(params.output_dir) if params.output_dir else inside(runs_dir(), rid)
     device = environment.resolve_device(params.device)
@@ -99,7 +101,8 @@ def train_run(params: TrainParams, progress: bool = True, on_epoch=None) -> Trai
         median_step = float(np.median([h.seconds / steps for h in history]))
     record = TrainRecord(
         run_id=rid, params=params.model_dump(), dataset=params.dataset, model=params.model,
-        pretrained=params.pretrained, device=device, hardware=environment.hardware(device),
+        pretrained=params.pretrained, source_run_id=source.get("run_id"), source_dataset=source.get("dataset"),
+        device=device, hardware=environment.hardware(device),
         versions=environment.versions(), classes=data.dataset.classes, num_classes=num_classes,
         image_size=params.image_size, param_count=total, trainable_params=trainable, size_mb=size_mb(model),
         gmacs=macs, precision=setup.speed.precision, memory_format=setup.speed.layout,

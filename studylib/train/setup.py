@@ -7,7 +7,11 @@ It resolves the run's precision and memory format (amp and channels_last may be 
 the batches' memory format all follow it.
 It seeds the global random number generators right before building the model: a model's initial
 weights depend on its seed alone, not on what ran before in the process (tune loads the data
-once and then builds one model per trial).
+once and then builds one model per trial). With `pretrained` naming a run of the study, the
+backbone's weights then come from that run's checkpoint (the head stays new), and the batches are
+normalised with that run's mean and std, the inputs its backbone learned on.
+The optimizer has a parameter group for the backbone (lr x backbone_lr_factor) and one for the head
+(lr); every schedule scales both, so their ratio holds throughout.
 """
 from __future__ import annotations
 
@@ -22,8 +26,8 @@ from torch import nn
 from studylib.data.cache import TensorSplit, channel_stats, load_split
 from studylib.data.loader import IMAGENET_MEAN, IMAGENET_STD, TensorBatches
 from studylib.data.registry import Dataset, load_dataset
-from studylib.models import create_model
-from studylib.params import TrainParams
+from studylib.models import create_model, is_head, load_backbone
+from studylib.params import TrainParams, source_record, source_run_dir
 from studylib.train.speed import Speed, resolve
 
 
@@ -66,7 +70,11 @@ def load_run_data(params: TrainParams) -> RunData:
         tr = splits["train"]
         splits["train"] = TensorSplit(tr.images[keep], tr.labels[keep], [tr.names[i] for i in keep.tolist()],
                                       tr.skipped, tr.seconds, tr.cache_hit, tr.path)
-    if params.pretrained:
+    if isinstance(params.pretrained, str):
+        source = source_record(params.pretrained)
+        mean, std = source["data"]["mean"], source["data"]["std"]
+        how = f"mean/std of pretrained run {source['run_id']} ({source['data']['normalisation']})"
+    elif params.pretrained:
         mean, std, how = IMAGENET_MEAN, IMAGENET_STD, "ImageNet mean/std (pretrained weights)"
     else:
         mean, std = channel_stats(splits["train"].images)
@@ -101,37 +109,50 @@ def steps_per_epoch(data: RunData, params: TrainParams) -> int:
 
 
 def build_model(params: TrainParams, num_classes: int, device: str, channels_last: bool) -> nn.Module:
-    model = create_model(params.model, num_classes, params.pretrained, params.finetune, params.head,
-                         image_size=params.image_size).to(device)
+    """The run's model: ImageNet weights with pretrained=True; with a run as `pretrained`, that run's
+    backbone weights and a new head."""
+    model = create_model(params.model, num_classes, params.pretrained is True, params.finetune, params.head,
+                         image_size=params.image_size)
+    if isinstance(params.pretrained, str):
+        load_backbone(model, torch.load(source_run_dir(params.pretrained) / "model.pt", map_location="cpu",
+                                        weights_only=True))
+    model = model.to(device)
     return model.to(memory_format=torch.channels_last) if channels_last else model
 
 
-def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float) -> torch.optim.Optimizer:
-    """Adam, AdamW or SGD (Nesterov momentum 0.9) over the trainable parameters.
+def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float,
+                    backbone_lr_factor: float = 1.0) -> torch.optim.Optimizer:
+    """Adam, AdamW or SGD (Nesterov momentum 0.9) over the trainable parameters, in two groups: the
+    backbone's at lr x backbone_lr_factor, the head's at lr (a group without trainable parameters is left out).
 
     The fused implementation (one kernel for all parameters) when every parameter is a float
     tensor on the CPU or a CUDA device: for models of many small tensors it is several times
     faster than the per-parameter loop (`studylib bench` measures the step it is part of).
     """
-    trainable = [p for p in model.parameters() if p.requires_grad]
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    backbone = {"params": [p for n, p in trainable if not is_head(model, n)], "lr": lr * backbone_lr_factor}
+    head = {"params": [p for n, p in trainable if is_head(model, n)], "lr": lr}
+    groups = [g for g in (backbone, head) if g["params"]]
     fused = {"fused": True} if trainable and all(
-        p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in trainable) else {}
+        p.device.type in ("cpu", "cuda") and p.is_floating_point() for _, p in trainable) else {}
     if name == "adam":
-        return torch.optim.Adam(trainable, lr=lr, weight_decay=weight_decay, **fused)
+        return torch.optim.Adam(groups, lr=lr, weight_decay=weight_decay, **fused)
     if name == "adamw":
-        return torch.optim.AdamW(trainable, lr=lr, weight_decay=weight_decay, **fused)
-    return torch.optim.SGD(trainable, lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay, **fused)
+        return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay, **fused)
+    return torch.optim.SGD(groups, lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay, **fused)
 
 
-def build_schedule(optimizer, name: str, lr: float, total_steps: int):
-    """The learning-rate schedule over `total_steps` steps: cosine, one-cycle or constant."""
+def build_schedule(optimizer, name: str, total_steps: int):
+    """The learning-rate schedule over `total_steps` steps: cosine, one-cycle or constant. Each parameter
+    group's schedule peaks at the group's own learning rate."""
     if name == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total_steps))
     if name == "onecycle":
         total = max(1, total_steps)
         # OneCycleLR divides by zero when pct_start * total_steps == 1 (4 steps at 0.25): warm up a bit longer then.
         pct = 0.25 if 0.25 * total != 1 else 0.3
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=total, pct_start=pct)
+        peaks = [g["lr"] for g in optimizer.param_groups]
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=peaks, total_steps=total, pct_start=pct)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
 
 
@@ -150,8 +171,8 @@ def prepare(params: TrainParams, data: RunData, device: str, total_steps: Option
     step_model = torch.compile(model) if params.compile else model
     train = batches(data, "train", params, device, train=True, speed=speed)
     val = batches(data, "val", params, device, train=False, speed=speed)
-    optimizer = build_optimizer(model, params.optimizer, params.lr, params.weight_decay)
+    optimizer = build_optimizer(model, params.optimizer, params.lr, params.weight_decay, params.backbone_lr_factor)
     steps = params.epochs * len(train) if total_steps is None else total_steps
-    schedule = build_schedule(optimizer, params.schedule, params.lr, steps)
+    schedule = build_schedule(optimizer, params.schedule, steps)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=params.label_smoothing)
     return Prepared(model, step_model, train, val, optimizer, schedule, loss_fn, speed)
