@@ -6,12 +6,14 @@
 # make bench   - setup, then the full benchmark of the quick study's models (whole training split, 3 rounds)
 # make cifar10 - setup, study 003's arms and the 90% headline on CIFAR-10 (params/cifar10.yaml), then the book;
 #              CIFAR-10 from data/cifar10, linked from $(SHARED)/data/cifar10-jpg when that exists (see the README)
+# make transfer - setup, pretraining on CIFAR-10 then scratch / head-only / all-layers fine-tuning on clothing10
+#              (params/transfer.yaml), then the book with the chapter "Does pretraining help?"
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup test test-fast study bench cifar10 cifar10-data book clean-results
+.PHONY: setup test test-fast study bench cifar10 cifar10-data transfer book clean-results
 
 # The methods chapter's table, and what amp/channels_last "auto" choose: every quick-study model's bare step
 # in four settings (fp32/bf16 x NCHW/channels_last) vs the study's loop. `make study` runs a short version
@@ -63,6 +65,15 @@ cifar10-data:
 cifar10: setup cifar10-data
 	$(VENV)/bin/studylib bench $(CIFAR10_BENCH) || echo "studylib bench failed: the book is built without its table"
 	@status=0; $(VENV)/bin/studylib grid params/cifar10.yaml || status=$$?; \
+	  if [ $$status -gt 1 ]; then exit $$status; fi; \
+	  $(VENV)/bin/jupyter-book build book/ --path-output book || exit $$?; \
+	  echo ""; echo "The report: file://$(CURDIR)/book/_build/html/index.html"; \
+	  exit $$status
+
+# No bench of its own: amp and channels_last "auto" take the newest bench rows `make study` or `make cifar10`
+# measured (else the device's default).
+transfer: setup cifar10-data
+	@status=0; $(VENV)/bin/studylib grid params/transfer.yaml || status=$$?; \
 	  if [ $$status -gt 1 ]; then exit $$status; fi; \
 	  $(VENV)/bin/jupyter-book build book/ --path-output book || exit $$?; \
 	  echo ""; echo "The report: file://$(CURDIR)/book/_build/html/index.html"; \

@@ -2,7 +2,8 @@
 
 `write_report(study)` executes notebooks/decision.ipynb, methods.ipynb and results.ipynb for the
 study into book/results/ (and a study's own chapters where they apply: study003.ipynb for a study that
-trains reference study 003's VGG arms on CIFAR-10), then regenerates book/_toc.yml.
+trains reference study 003's VGG arms on CIFAR-10, transfer.ipynb for a study with fine-tuned runs), then
+regenerates book/_toc.yml.
 
 The book holds every study that has run into it (each results/<study>/cells.json whose book is this
 one): the intro, then per study its report pages (decision, methods, the reference studies once,
@@ -32,7 +33,7 @@ REPORT_PAGES = ("decision", "methods", "results")   # notebooks/<page>.ipynb -> 
 HAND_WRITTEN = ("intro.md", "reference_studies.md")
 HAND_WRITTEN_PAGES = ("reference_studies",)   # the chapters among CHAPTERS that are hand-written, not executed
 # A study's chapters after the intro, in order: a report page where it was executed, or a hand-written page.
-CHAPTERS = ("decision", "methods", "reference_studies", "results", "study003")
+CHAPTERS = ("decision", "methods", "reference_studies", "results", "study003", "transfer")
 DEFAULT_STUDY = "quick"   # first in the book; the other studies follow by name
 
 
@@ -41,8 +42,12 @@ def _trains_study003_arms(cells: list[dict]) -> bool:
                and str(c["params"].get("model", "")).startswith("smallvgg") for c in cells)
 
 
+def _fine_tunes(cells: list[dict]) -> bool:
+    return any(c["stage"] == "train" and c["params"].get("pretrained", False) is not False for c in cells)
+
+
 # Report pages that only some studies have: the page, and which studies (by their cells) it is for.
-OWN_PAGES = {"study003": _trains_study003_arms}
+OWN_PAGES = {"study003": _trains_study003_arms, "transfer": _fine_tunes}
 
 
 def report_pages(study: str) -> list[str]:
