@@ -39,7 +39,14 @@ def test_exports_agree_with_pytorch(exported):
         assert s["checks"][fmt]["top1"] == s["checks"]["pytorch"]["top1"], fmt
     q = s["checks"]["onnx_int8"]
     assert 0 < q["max_abs_diff"] < 1.0            # quantized: close, but not the same numbers
-    assert 0 <= q["top1"] <= 1 and 0 <= q["top1_agreement_with_onnx"] <= 1
+    # the int8 file's own predictions on the test split, computed here: its top-1 and its agreement with fp32 ONNX
+    record = json.loads((exported.files["checkpoint"].parent / "record.json").read_text())
+    test = run_data(record).splits["test"]
+    x = export.normalise(test.images, record["data"]["mean"], record["data"]["std"]).numpy()
+    int8_top1 = export.onnx_session(exported.files["onnx_int8"], threads=1).run(None, {export.INPUT: x})[0].argmax(1)
+    np.testing.assert_array_equal(exported.offline_top1["onnx_int8"], int8_top1)
+    assert q["top1"] == pytest.approx(float((int8_top1 == test.labels.numpy()).mean()))
+    assert q["top1_agreement_with_onnx"] == pytest.approx(float((int8_top1 == exported.offline_top1["onnx"]).mean()))
     assert s["calibration_images"] == 32
     # int8 weights: the file shrinks (smallvgg1's weights dominate its graph)
     assert s["sizes_mb"]["onnx_int8"] < 0.6 * s["sizes_mb"]["onnx"]
