@@ -155,11 +155,12 @@ def test_a_source_that_has_not_run_is_checked_again_before_any_work(env):
 
 def test_record_keeps_the_source_and_old_records_still_read(env, source):
     assert source.record["source_run_id"] is None and source.record["source_dataset"] is None
-    tuned = train_run(TrainParams.from_mapping(tiny(env, pretrained=str(source.output_dir), backbone_lr_factor=0.5)),
-                      progress=False).record
+    tuned = train_run(TrainParams.from_mapping(tiny(env, pretrained=str(source.output_dir), backbone_lr_factor=0.5,
+                                                    train_limit=16)), progress=False).record
     assert tuned["source_run_id"] == source.record["run_id"] and tuned["source_dataset"] == "imagefolder"
     assert tuned["pretrained"] == str(source.output_dir) and tuned["params"]["backbone_lr_factor"] == 0.5
-    assert tuned["data"]["mean"] == source.record["data"]["mean"]   # the inputs the backbone learned on
+    # normalised as the inputs the backbone learned on, not with its own (smaller) train split's statistics
+    assert tuned["data"]["mean"] == source.record["data"]["mean"] and tuned["data"]["sizes"]["train"] == 16
     old = copy.deepcopy(source.record)
     for key in ("source_run_id", "source_dataset"):
         del old[key]

@@ -16,3 +16,4 @@ _.MAX_IMAGE_PIXELS          # studylib/serve/server.py: PIL's decompression-bomb
 _._repr_pretty_             # studylib/views/cost.py Text: IPython's plain-text display hook
 _._repr_markdown_           # studylib/views/cost.py Text: Jupyter's Markdown display hook
 _.cycle                     # the argument IPython passes to _repr_pretty_
+_.__class__                 # studylib/models.py freeze_backbone: a frozen backbone's BatchNorm layer takes a subclass whose train() holds eval mode
