@@ -88,3 +88,17 @@ def test_from_scratch_models_start_near_chance(name):
     model = create_model(name, 10, image_size=64).train()
     loss = torch.nn.functional.cross_entropy(model(torch.randn(32, 3, 64, 64)), torch.randint(0, 10, (32,)))
     assert loss.item() < 3.0
+
+
+def test_a_frozen_backbone_keeps_batchnorm_in_eval_mode_and_its_copies_too():
+    """finetune=head: model.train() leaves the backbone's BatchNorm in eval mode (running statistics frozen),
+    also in the deep copies that profiling and the bench step."""
+    import copy
+    m = create_model("smallvgg2_bn", 10, finetune="head", head="mlp", image_size=32).train()
+    for model in (m, copy.deepcopy(m).train()):
+        bns = [x for x in model.modules() if isinstance(x, torch.nn.BatchNorm2d)]
+        assert bns and not any(x.training for x in bns) and model.classifier.training
+        before = bns[0].running_mean.clone()
+        model(torch.randn(4, 3, 32, 32))
+        assert torch.equal(bns[0].running_mean, before)
+    assert create_model("smallvgg2_bn", 10, image_size=32).train().features[2].training   # not frozen: trains
