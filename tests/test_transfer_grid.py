@@ -147,6 +147,8 @@ def test_a_shipped_grid_fine_tunes_on_clothing10_from_cifar10():
 
 # ---- the runner: order, a failed source, a rerun ------------------------------------------------------------
 
+# The fine-tuned block comes right after its source: without the dependency Dask would start it at once on the
+# second worker, beside its source.
 GRID = """
 study: deps
 stages: [train]
@@ -158,12 +160,6 @@ train:
     image_size: 32
     epochs: 1
     batch_size: 16
-  - name: broken source
-    datasets: [imagefolder]
-    root: tests/data/no_images
-    models: [smallvgg2]
-    image_size: 32
-    epochs: 1
   - name: fine-tuned
     datasets: [imagefolder]
     root: {root}
@@ -172,6 +168,12 @@ train:
     epochs: 1
     batch_size: 16
     pretrained: {{from: source}}
+  - name: broken source
+    datasets: [imagefolder]
+    root: tests/data/no_images
+    models: [smallvgg2]
+    image_size: 32
+    epochs: 1
   - name: fine-tuned from the broken source
     datasets: [imagefolder]
     root: {root}

@@ -129,16 +129,18 @@ def scrub_notebook(nb) -> None:
     nb.metadata = nbformat.from_dict(redact(dict(nb.metadata)))
 
 
-def execute_cell(cell: dict, out: str, cwd: str, source: str, worker=None, timeout: Optional[float] = None) -> dict:
+def execute_cell(cell: dict, out: str, cwd: str, source: str, worker=None, timeout: Optional[float] = None,
+                 not_run: Optional[str] = None) -> dict:
     """Run one cell (a manifest.Cell as a dict) into `out`, each notebook cell within `timeout` seconds.
-    Never raises: returns what happened."""
+    `not_run`: why the cell must not run (its source failed); it is then recorded as failed with that
+    error, without starting the notebook. Never raises: returns what happened."""
     import nbformat  # lazy: only the runner's workers write notebooks
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     running, failed = running_path(out), failed_path(out)
     started, t0 = now("milliseconds"), time.perf_counter()
-    error = run_notebook(source, running, cell["params"], cwd, timeout)
+    error = not_run or run_notebook(source, running, cell["params"], cwd, timeout)
     execution = {"started_at": started, "finished_at": now("milliseconds"), "wall_seconds": time.perf_counter() - t0,
                  "worker": str(worker), "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
     if not error:

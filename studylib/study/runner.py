@@ -40,15 +40,25 @@ from studylib.study.expand import expand_cost, expand_deploy, load_grid, run_sta
 from studylib.study.manifest import STAGES, Manifest, failed_path, kept_cells, source_notebook
 
 
+def source_failed(run_id: str) -> str:
+    """The error of a cell that did not run because its source cell failed."""
+    return (f"SourceFailed: its source run {run_id} failed, so this run did not start "
+            "(it runs when the grid is run again and its source succeeds).")
+
+
 def run_cell_on_worker(cell: dict, out: str, cwd: str, source: str, gpu: bool = False,
-                       timeout: Optional[float] = None) -> dict:
+                       timeout: Optional[float] = None, source_result: Optional[dict] = None) -> dict:
     """The task a Dask worker runs: a cell that asks for a GPU gets one of the worker's, then it executes
-    (each notebook cell within `timeout` seconds: the grid file's cell_timeout for its stage)."""
+    (each notebook cell within `timeout` seconds: the grid file's cell_timeout for its stage).
+    source_result: what the cell's source cell returned, when it ran in this grid (Dask starts this task only
+    after it); a failed source means this cell is recorded as failed without running."""
     worker = get_worker().name
     if gpu and "CUDA_VISIBLE_DEVICES" not in os.environ:
         count = max(1, torch.cuda.device_count())
         os.environ["CUDA_VISIBLE_DEVICES"] = str((worker if isinstance(worker, int) else abs(hash(worker))) % count)
-    return execute_cell(cell, out, cwd, source, worker=worker, timeout=timeout)
+    failed = source_result is not None and source_result["status"] != "ok"
+    return execute_cell(cell, out, cwd, source, worker=worker, timeout=timeout,
+                        not_run=source_failed(source_result["run_id"]) if failed else None)
 
 
 def worker_thread_env(workers: int) -> dict:
@@ -127,9 +137,10 @@ def sweep_cell(cell, stage: str) -> None:
 def run_stage(client, stage: str, cells: list, use_gpu: bool, bar, log, summary: dict,
               timeout: Optional[float] = None) -> None:
     """Submit the stage's cells that are not done yet, and wait for all of them; counts go into `summary`.
-    `timeout`: seconds any one notebook cell may run."""
+    `timeout`: seconds any one notebook cell may run. A cell whose source cell runs too gets that cell's
+    future as an argument: Dask starts it, on any worker, once its source has finished (no barrier)."""
     source = source_notebook(stage)
-    futures = {}
+    futures, by_id = {}, {}
     for i, c in enumerate(cells):
         out = book_dir() / c.notebook
         sweep_cell(c, stage)
@@ -144,15 +155,19 @@ def run_stage(client, stage: str, cells: list, use_gpu: bool, bar, log, summary:
             log(f"[{stage}] rerun  {c.run_id}: its notebook is done but {gone} is gone")
         gpu = c.gpu and use_gpu
         fut = client.submit(run_cell_on_worker, asdict(c), str(out), str(project_root()), str(source), gpu, timeout,
-                            key=f"{c.run_id}-{time.time_ns()}", pure=False, priority=-i,
+                            source_result=by_id.get(c.source), key=f"{c.run_id}-{time.time_ns()}", pure=False, priority=-i,
                             resources={"GPU": 1} if gpu else None)
+        by_id[c.run_id] = fut
         futures[fut] = c
     for fut in as_completed(list(futures)):
         c = futures[fut]
         try:
             res = fut.result()
-        except Exception as err:  # the worker itself died
+        except Exception as err:  # the worker itself died (running this cell, or its source: then it never started)
             res = {"status": "failed", "error": f"{type(err).__name__}: {err}", "wall_seconds": 0.0}
+            if c.source in by_id and by_id[c.source].status == "error":
+                res = execute_cell(asdict(c), str(book_dir() / c.notebook), str(project_root()), str(source),
+                                   not_run=source_failed(c.source))
         if res["status"] == "ok":
             summary["ok"] += 1
             log(f"[{stage}] ok     {c.run_id} in {res['wall_seconds']:.1f} s on worker {res.get('worker')}")
@@ -268,7 +283,7 @@ def run(args) -> int:
             for stage in STAGES:
                 if stage in grid.stages:
                     for c in cells.get(stage, []):
-                        print(f"{stage:9s} {c.run_id}  {c.title}")
+                        print(f"{stage:9s} {c.run_id}  {c.title}" + (f"  after {c.source}" if c.source else ""))
                     if stage in ("deploy", "cost"):
                         print(f"{stage:9s} (expanded when the stage starts)")
             return 0
