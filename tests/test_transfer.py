@@ -189,3 +189,11 @@ def test_the_chapter_executes_from_the_records(tmp_path, monkeypatch):
     assert "fine-tuning every layer from cifar10 beats training from scratch for m: +20.0 points" in text
     assert "image/png" in text and "time to target (min)" in text
     assert f"{{doc}}`{SOURCE} </train/{SOURCE}>`" in text
+
+
+def test_zero_prints_with_its_decimal_as_its_column_does():
+    rows = transfer.mode_rows(transfer.finished(
+        [record("m", "scratch", s, 200) for s in (0, 1)] + [record("m", "all", s, 200 * s) for s in (0, 1)]))
+    shown = transfer.mode_table(rows).set_index("mode")
+    assert shown.loc["from scratch", "test top-1 (%, mean ± std)"] == "100.0 ± 0.0"
+    assert shown.loc["all layers", "95% interval (%)"].startswith("0.0 to ")

@@ -103,7 +103,8 @@ def mode_rows(records: list[dict]) -> pd.DataFrame:
 
 
 def _pct(x, decimals: int = 1) -> str:
-    return number(None if x is None or (isinstance(x, float) and math.isnan(x)) else 100 * x, decimals=decimals)
+    """A fraction as a percentage with `decimals` decimals (0 as 0.0, so a column reads evenly)."""
+    return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.{decimals}f}"
 
 
 def _points(x) -> str:
