@@ -161,6 +161,15 @@ def test_what_would_change_is_read_from_the_records(full):
     assert "Tuning" not in text                                                # no tune record: no claim
 
 
+def test_runs_fine_tuned_from_another_run_point_at_the_pretraining_chapter(trains):
+    source = trains[2]["run_id"]
+    tuned = train_record("mobilenet_v3_small", 2, range(30, 70), 6.0, [(50, 5, 0.72), (50, 5, 0.75)],
+                         pretrained=source, finetune="all")
+    d = decision.decide(runs_of(trains + [tuned]), trains + [tuned], "clothing10")
+    text = "\n".join(d.changes)
+    assert "'Does pretraining help?'" in text and "Every run trained from random initialisation" not in text
+
+
 def test_missing_deploy_and_cost_say_not_measured(trains):
     d = decision.decide(runs_of(trains), trains, "clothing10")
     assert d.picks["fastest"] is None

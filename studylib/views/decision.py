@@ -213,13 +213,17 @@ def what_would_change(d: Decision, records: list[dict]) -> list[str]:
     if t["epochs"].nunique() > 1:
         out.append("The models did not train for the same number of epochs (" + ", ".join(
             f"{m}: {e:.0f}" for m, e in zip(t.label, t.epochs)) + "), so the ranking compares budgets as well as models.")
-    pretrained = {r.pretrained for r in trains}
-    if pretrained == {False}:
+    starts = {r.pretrained if isinstance(r.pretrained, bool) else "run" for r in trains}   # a string: a source run
+    if starts == {False}:
         out.append("**Pretrained weights.** Every run trained from random initialisation; what pretrained weights "
-                   "would change is not measured here (a grid with `pretrained: true` measures it).")
-    elif pretrained == {True}:
+                   "would change is not measured here (the study `transfer`, `make transfer`, fine-tunes weights "
+                   "pretrained on CIFAR-10; a grid with `pretrained: true` measures ImageNet weights).")
+    elif starts == {True}:
         out.append("**Training from scratch.** Every run fine-tuned pretrained weights; training from random "
                    "initialisation is not measured here.")
+    elif "run" in starts:
+        out.append("**Pretraining.** Some of these runs fine-tuned weights that another run of this study trained; "
+                   "the chapter 'Does pretraining help?' compares them with training from scratch.")
     out.append(gpu_sentence(trains, records))
     for tune in (x for x in study.tunes if x.dataset == d.dataset):
         raw = next((r for r in records if r.get("run_id") == tune.run_id), None)
