@@ -86,12 +86,13 @@ def test_time_to_accuracy_is_read_at_the_target_every_scratch_run_reached():
     assert set(rows["target"]) == {0.6}          # not 0.7, which only fine-tuning reached
     assert rows.loc["from scratch", "minutes_to_target"] == pytest.approx(200 / 60)
     assert rows.loc["all layers", "minutes_to_target"] == pytest.approx(1.0)
-    shown = transfer.mode_table(rows.reset_index()).set_index("mode")
+    shown = transfer.time_table(rows.reset_index()).set_index("mode")
     assert shown.loc["head only", "time to target (min)"] == "4.0 (1 of 2 seeds)"
-    assert shown.loc["all layers", "time to target (min)"] == "1.0" and shown.loc["all layers", "val target (%)"] == "60"
+    assert shown.loc["all layers", "time to target (min)"] == "1.0"
+    assert shown.loc["all layers", "validation target (top-1, %)"] == "60"
     # nobody reached any target: the lowest one, "not reached"
     none = transfer.mode_rows(transfer.finished([record("m", "scratch", 0, 10), record("m", "all", 0, 12)]))
-    assert set(none["target"]) == {0.5} and transfer.mode_table(none)["time to target (min)"].tolist() == ["not reached"] * 2
+    assert set(none["target"]) == {0.5} and transfer.time_table(none)["time to target (min)"].tolist() == ["not reached"] * 2
 
 
 def rows_for(gains: dict) -> "transfer.pd.DataFrame":
@@ -187,7 +188,7 @@ def test_the_chapter_executes_from_the_records(tmp_path, monkeypatch):
                         progress_bar=False)
     text = out.read_text()
     assert "fine-tuning every layer from cifar10 beats training from scratch for m: +20.0 points" in text
-    assert "image/png" in text and "time to target (min)" in text
+    assert "image/png" in text and "time to target (min)" in text and "gain, 95% interval (points)" in text
     assert f"{{doc}}`{SOURCE} </train/{SOURCE}>`" in text
 
 

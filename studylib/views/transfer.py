@@ -120,8 +120,8 @@ def _time(row) -> str:
 
 
 def mode_table(rows: pd.DataFrame) -> pd.DataFrame:
-    """What a reader sees: per model and mode, top-1 and its interval, the gain and its interval, the time to
-    the validation target, the training time; percent to one decimal, minutes to one decimal."""
+    """What a reader sees of accuracy: per model and mode, where the weights came from, test top-1 and its
+    interval, the gain over from-scratch and its interval; percent to one decimal."""
     return pd.DataFrame({
         "model": rows["model"],
         "mode": rows["mode"],
@@ -134,7 +134,16 @@ def mode_table(rows: pd.DataFrame) -> pd.DataFrame:
         "gain over from scratch (points)": [_points(g) if not math.isnan(g) else "—" for g in rows["gain"]],
         "gain, 95% interval (points)": [f"{_points(lo)} to {_points(hi)}" if not math.isnan(lo) else "—"
                                         for lo, hi in zip(rows["gain_low"], rows["gain_high"])],
-        "val target (%)": [_pct(t, 0) for t in rows["target"]],
+    })
+
+
+def time_table(rows: pd.DataFrame) -> pd.DataFrame:
+    """What a reader sees of speed: per model and mode, the validation target, the minutes to reach it (mean
+    over the seeds that did, and how many did when not all), and the whole training time; to one decimal."""
+    return pd.DataFrame({
+        "model": rows["model"],
+        "mode": rows["mode"],
+        "validation target (top-1, %)": [_pct(t, 0) for t in rows["target"]],
         "time to target (min)": [_time(r) for _, r in rows.iterrows()],
         "training time (min)": [number(v, decimals=1) for v in rows["minutes"]],
     })
