@@ -17,7 +17,7 @@ import yaml
 
 from studylib.errors import ParameterError
 from studylib.record import RECORD_TYPES, TrainRecord
-from studylib.study import expand, manifest, runner
+from studylib.study import expand, manifest, runner, schema
 from studylib.study.execute import execute_cell as execute, valid_record
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -208,11 +208,11 @@ def test_a_notebook_without_a_valid_record_is_not_done(tmp_path):
 
 def test_cell_timeout_per_stage_from_the_grid_file(tmp_path):
     grid, _ = expand.load_grid(write_grid(tmp_path, "study: t\nstages: [cost]\n"))
-    assert {s: grid.timeout(s) for s in manifest.STAGES} == expand.CELL_TIMEOUT   # the documented defaults
-    assert all(0 < v < 24 * 3600 for v in expand.CELL_TIMEOUT.values())
+    assert {s: grid.timeout(s) for s in manifest.STAGES} == schema.CELL_TIMEOUT   # the documented defaults
+    assert all(0 < v < 24 * 3600 for v in schema.CELL_TIMEOUT.values())
     grid, _ = expand.load_grid(write_grid(tmp_path, "study: t\nstages: [cost]\ncell_timeout: {deploy: 600, cost: 90.5}\n"))
     assert grid.timeout("deploy") == 600 and grid.timeout("cost") == 90.5
-    assert grid.timeout("train") == expand.CELL_TIMEOUT["train"]
+    assert grid.timeout("train") == schema.CELL_TIMEOUT["train"]
     for text, message in [("{deploy: 0}", "parameter 'cell_timeout.deploy' is 0, but it must be greater than 0."),
                           ("{deplyo: 60}", "parameter 'cell_timeout.deplyo' is 'deplyo', but it must be 'data_prep', "
                                            "'train', 'tune', 'deploy' or 'cost'.")]:
