@@ -16,15 +16,10 @@ from studylib.errors import ParameterError
 from studylib.params import TrainParams
 from studylib.record import run_id
 from studylib.study import expand, runner
+from test_grid import write_grid
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
-
-
-def write_grid(tmp_path, text: str) -> Path:
-    path = tmp_path / "grid.yaml"
-    path.write_text(text)
-    return path
 
 
 TWO_STAGES = """
