@@ -13,6 +13,7 @@ a function, and there is no cycle (tests/test_layers.py checks all three, with t
     train/                       the setup shared by train, tune and bench; the loop; one whole run
     params                       every stage's parameters on one base class, validated before any work
     models  data/                the model factory; datasets (registry, sources, splits, integrity, storage, cache)
+    nets                         the study's own networks (003's VGG, fastvgg, airbench), built by models
     environment  record          what a run ran on; the run record's schema;
     uncertainty                  intervals of test top-1 over seeds and test images, paired comparisons
     errors  paths  util          leaves

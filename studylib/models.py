@@ -17,6 +17,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from studylib.errors import ParameterError, PretrainedWeightsUnavailable
+from studylib.nets import AirbenchNet, FastVGG, SmallVGG
 from studylib.paths import check_name
 
 # Reference study 003: "VGG layers" of two 3x3 convs and a 2x2 max-pool, widths 32, 64, 128,
@@ -25,70 +26,9 @@ VGG_PATTERN = re.compile(r"^smallvgg(?P<blocks>[123])(?P<bn>_bn)?(?P<dropout>_dr
 VGG_NAMES = [f"smallvgg{b}{bn}{do}" for b in (1, 2, 3) for bn in ("", "_bn") for do in ("", "_dropout")]
 # The headline CIFAR-10 net (airbench's shape): fastvgg64 has convs of 64/256/256, fastvgg32 half that width.
 FAST_PATTERN = re.compile(r"^fastvgg(?P<width>32|64)$")
-
-
-class SmallVGG(nn.Module):
-    """Study 003's CIFAR VGG: 1-3 blocks of (conv-relu[-bn]) x2 + max-pool [+ dropout], then flatten and
-    2 dense layers (128 units, then the classes), as 003 built it in Keras.
-
-    Flattening ties the first dense layer to the image size: 128 x 4 x 4 inputs for 3 blocks at 32 px.
-    """
-
-    def __init__(self, num_classes: int, blocks: int = 3, batchnorm: bool = False, dropout: bool = False,
-                 widths: tuple[int, ...] = (32, 64, 128), hidden: int = 128, image_size: int = 32):
-        super().__init__()
-        layers: list[nn.Module] = []
-        in_ch = 3
-        for i in range(blocks):
-            out = widths[i]
-            for _ in range(2):
-                layers += [nn.Conv2d(in_ch, out, 3, padding=1, bias=not batchnorm), nn.ReLU(inplace=True)]
-                if batchnorm:
-                    layers.append(nn.BatchNorm2d(out))
-                in_ch = out
-            layers.append(nn.MaxPool2d(2))
-            if dropout:
-                layers.append(nn.Dropout(0.2 + 0.1 * i))
-        self.features = nn.Sequential(*layers)
-        side = image_size // 2 ** blocks
-        head: list[nn.Module] = [nn.Flatten(), nn.Linear(in_ch * side * side, hidden), nn.ReLU(inplace=True)]
-        if batchnorm:
-            head.append(nn.BatchNorm1d(hidden))
-        if dropout:
-            head.append(nn.Dropout(0.5))
-        head.append(nn.Linear(hidden, num_classes))
-        self.classifier = nn.Sequential(*head)
-
-    def forward(self, x):
-        return self.classifier(self.features(x))
-
-
-def _conv_bn(c_in: int, c_out: int, pool: bool = False) -> list[nn.Module]:
-    layers: list[nn.Module] = [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False)]
-    if pool:
-        layers.append(nn.MaxPool2d(2))
-    return layers + [nn.BatchNorm2d(c_out), nn.GELU()]
-
-
-class FastVGG(nn.Module):
-    """A fast CIFAR-10 net after airbench (Keller Jordan's): a conv stem, then three blocks of
-    conv -> max-pool -> BatchNorm -> GELU -> conv -> BatchNorm -> GELU, global max-pooling and a
-    linear classifier whose logits are scaled down (1/9, as airbench does, so that early training
-    is not driven by a few large logits). Widths (w, 4w, 4w) for w = 32 or 64."""
-
-    def __init__(self, num_classes: int, width: int = 64):
-        super().__init__()
-        w = (width, 4 * width, 4 * width)
-        self.features = nn.Sequential(*_conv_bn(3, 24 if width == 64 else 16),
-                                      *_conv_bn(24 if width == 64 else 16, w[0], pool=True), *_conv_bn(w[0], w[0]),
-                                      *_conv_bn(w[0], w[1], pool=True), *_conv_bn(w[1], w[1]),
-                                      *_conv_bn(w[1], w[2], pool=True), *_conv_bn(w[2], w[2]),
-                                      nn.AdaptiveMaxPool2d(1), nn.Flatten())
-        self.classifier = nn.Linear(w[2], num_classes, bias=False)
-        self.scale = 1 / 9
-
-    def forward(self, x):
-        return self.classifier(self.features(x)) * self.scale
+# Keller Jordan's airbench nets as published (github.com/KellerJordan/cifar10-airbench): block widths of
+# airbench93 (93% on CIFAR-10 in its recipe) and airbench94.
+AIRBENCH_WIDTHS = {"airbench93": (64, 128, 128), "airbench94": (64, 256, 256)}
 
 
 @lru_cache(maxsize=1)
@@ -104,12 +44,14 @@ def timm_names() -> frozenset[str]:
 
 
 def model_family(name: str) -> str:
-    """'smallvgg', 'fastvgg', 'torchvision' or 'timm'; raises ParameterError for an unknown name."""
+    """'smallvgg', 'fastvgg', 'airbench', 'torchvision' or 'timm'; raises ParameterError for an unknown name."""
     check_name("model", name)   # it names the run's folder and notebook: a timm tag is no path, no markup
     if VGG_PATTERN.match(name):
         return "smallvgg"
     if FAST_PATTERN.match(name):
         return "fastvgg"
+    if name in AIRBENCH_WIDTHS:
+        return "airbench"
     if name in torchvision_names():
         return "torchvision"
     base = name.split(".")[0]
@@ -117,7 +59,7 @@ def model_family(name: str) -> str:
         return "timm"
     raise ParameterError("model", name, "a torchvision classification model (e.g. shufflenet_v2_x1_0), "
                          f"a timm model (e.g. tiny_vit_5m_224) or one of {', '.join(VGG_NAMES[:1] + VGG_NAMES[-1:])} "
-                         "(smallvgg<1-3>[_bn][_dropout]), fastvgg32 or fastvgg64")
+                         "(smallvgg<1-3>[_bn][_dropout]), fastvgg32, fastvgg64, airbench93 or airbench94")
 
 
 def min_image_size(name: str) -> int:
@@ -127,6 +69,8 @@ def min_image_size(name: str) -> int:
         return 2 ** int(m["blocks"])
     if FAST_PATTERN.match(name):
         return 8
+    if name in AIRBENCH_WIDTHS:
+        return 9    # 2x2 whitening, then three 2x2 max-pools
     return 32
 
 
@@ -209,7 +153,7 @@ def create_model(name: str, num_classes: int, pretrained: bool = False, finetune
     ("linear", or "mlp": two fully connected layers).
     """
     family = model_family(name)
-    if family in ("smallvgg", "fastvgg") and pretrained:
+    if family in ("smallvgg", "fastvgg", "airbench") and pretrained:
         raise ParameterError("pretrained", pretrained, f"False for '{name}', which has no published weights")
     if family == "smallvgg":
         m = VGG_PATTERN.match(name)
@@ -217,13 +161,15 @@ def create_model(name: str, num_classes: int, pretrained: bool = False, finetune
                          image_size=image_size or 32)
     elif family == "fastvgg":
         model = FastVGG(num_classes, width=int(FAST_PATTERN.match(name)["width"]))
+    elif family == "airbench":
+        model = AirbenchNet(num_classes, AIRBENCH_WIDTHS[name])
     elif family == "torchvision":
         import torchvision  # lazy: seconds to import; only its own models need it
         model = _torchvision_pretrained(name) if pretrained else torchvision.models.get_model(name, num_classes=num_classes)
     else:
         model = _timm_model(name, num_classes, pretrained, image_size)
 
-    if not pretrained:
+    if not pretrained and family != "airbench":   # airbench's BatchNorm has its own momentum
         set_batchnorm_momentum(model, FROM_SCRATCH_BN_MOMENTUM)
         if name.startswith("mnasnet"):
             small_head_init(model.classifier[-1])

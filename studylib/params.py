@@ -130,6 +130,7 @@ class TrainParams(StageParams):
     augment: bool = True
     early_stopping: NonNegativeInt = 0              # patience in epochs on val top-1; 0 means off
     tta: bool = False                    # test-time flip: val and test logits averaged over each image and its mirror
+    lookahead: bool = False              # airbench's lookahead: every 5 steps the weights reset to their moving average
     seed: int = 0
     device: str = "auto"
     amp: SpeedSwitch = "auto"            # bf16 autocast (CPU and CUDA); "auto": what `studylib bench` found fastest

@@ -13,6 +13,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "studylib"
 LAYERS = [
     ("studylib", "studylib.errors", "studylib.paths", "studylib.util"),
     ("studylib.environment", "studylib.record", "studylib.uncertainty"),
+    ("studylib.nets",),
     ("studylib.models", "studylib.data"),
     ("studylib.params",),
     ("studylib.train",),

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 _ = SimpleNamespace()
 _.description               # studylib/bench.py: argparse prints it in `studylib bench --help`
-_.forward                   # studylib/models.py SmallVGG: nn.Module.__call__ calls it
+_.forward                   # studylib/nets.py SmallVGG: nn.Module.__call__ calls it
 _.get_next                  # studylib/serve/export.py: ONNX Runtime's quantize_static reads calibration batches through it
 _.rewind                    # the same calibration-reader interface
 _.intra_op_num_threads      # studylib/serve/export.py: set on onnxruntime.SessionOptions, read by ONNX Runtime

@@ -118,22 +118,47 @@ def train_epoch(model, batches: TensorBatches, optimizer, schedule, loss_fn, dev
             "seconds": seconds, "data_wait": data_wait, "images": seen, "first_step": first_step or 0.0}
 
 
+class Lookahead:
+    """airbench's lookahead, a step hook: every 5 steps a moving average of the weights (and BatchNorm
+    statistics) moves toward them and the weights are reset to it. Its decay grows as (step / total)^3
+    up to 0.95^5, so early steps keep their own weights; after the last step the weights are the average."""
+
+    EVERY = 5
+
+    def __init__(self, model: nn.Module, total_steps: int):
+        self.model, self.total, self.steps = model, max(1, total_steps), 0
+        self.average = {k: v.detach().clone() for k, v in model.state_dict().items() if v.is_floating_point()}
+
+    @torch.no_grad()
+    def __call__(self, _step: int) -> None:
+        self.steps += 1
+        if self.steps % self.EVERY and self.steps < self.total:
+            return
+        decay = 1.0 if self.steps >= self.total else 0.95 ** 5 * (self.steps / self.total) ** 3
+        for k, v in self.model.state_dict().items():
+            if k in self.average:
+                self.average[k].lerp_(v, 1 - decay)
+                v.copy_(self.average[k])
+
+
 def fit(model: nn.Module, train: TensorBatches, val: TensorBatches, *, epochs: int, optimizer, schedule,
         loss_fn, device: str, amp: bool = False, early_stopping: int = 0, tta: bool = False,
-        on_epoch: Optional[Callable[[EpochStats], None]] = None, progress: bool = True) -> dict:
+        lookahead: bool = False, on_epoch: Optional[Callable[[EpochStats], None]] = None,
+        progress: bool = True) -> dict:
     """Train for `epochs`, validating after each. `on_epoch` may raise to stop (Optuna's pruner does).
 
     Returns {"history": [EpochStats], "first_step_seconds": float}. With early_stopping=N, training
     stops after N epochs without a better val top-1 and the best weights are restored.
-    tta=True validates with test-time flip (`evaluate`'s flip).
+    tta=True validates with test-time flip (`evaluate`'s flip); lookahead=True trains with `Lookahead`.
     """
     from tqdm.auto import tqdm  # lazy: only the progress bar needs it
     history: list[EpochStats] = []
     best, best_state, stale = -1.0, None, 0
     first_step_seconds = 0.0
     bar = tqdm(range(1, epochs + 1), desc="epochs", disable=not progress, leave=True)
+    hook = Lookahead(model, epochs * len(train)) if lookahead else None
     for epoch in bar:
-        stats = train_epoch(model, train, optimizer, schedule, loss_fn, device, amp)
+        stats = train_epoch(model, train, optimizer, schedule, loss_fn, device, amp, step_hook=hook)
         if epoch == 1:
             first_step_seconds = stats["first_step"]
         synchronize(device)

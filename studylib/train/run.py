@@ -72,7 +72,8 @@ def train_run(params: TrainParams, progress: bool = True, on_epoch=None) -> Trai
         t0 = time.perf_counter()
         fitted = fit(setup.step_model, setup.train, setup.val, epochs=params.epochs, optimizer=setup.optimizer,
                      schedule=setup.schedule, loss_fn=setup.loss_fn, device=device, amp=setup.speed.amp,
-                     early_stopping=params.early_stopping, tta=params.tta, on_epoch=on_epoch, progress=progress)
+                     early_stopping=params.early_stopping, tta=params.tta,
+                     lookahead=params.lookahead, on_epoch=on_epoch, progress=progress)
         train_seconds = time.perf_counter() - t0
         history = fitted["history"]
 

@@ -120,19 +120,40 @@ def build_model(params: TrainParams, num_classes: int, device: str, channels_las
     return model.to(memory_format=torch.channels_last) if channels_last else model
 
 
+WHITENING_IMAGES = 5000
+
+
+def fit_to_data(model: nn.Module, data: RunData, params: TrainParams, device: str) -> None:
+    """Weights a model sets from the training images before its first step, when it trains from scratch:
+    airbench's whitening conv, from the first WHITENING_IMAGES training images normalised as its batches are."""
+    if not hasattr(model, "fit_whitening") or params.pretrained is not False:
+        return
+    x = data.splits["train"].images[:WHITENING_IMAGES].float()
+    mean = torch.tensor(data.mean).view(1, 3, 1, 1) * 255
+    std = torch.tensor(data.std).view(1, 3, 1, 1) * 255
+    model.fit_whitening(((x - mean) / std).to(device))
+
+
 def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float,
                     backbone_lr_factor: float = 1.0) -> torch.optim.Optimizer:
     """Adam, AdamW or SGD (Nesterov momentum 0.9) over the trainable parameters, in two groups: the
     backbone's at lr x backbone_lr_factor, the head's at lr (a group without trainable parameters is left out).
+    A model with its own `lr_factor(name)` (airbench: BatchNorm shifts at 64x) splits them further; such a
+    group's weight decay is divided by its factor, so each step decays its weights by the same amount.
 
     The fused implementation (one kernel for all parameters) when every parameter is a float
     tensor on the CPU or a CUDA device: for models of many small tensors it is several times
     faster than the per-parameter loop (`studylib bench` measures the step it is part of).
     """
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    backbone = {"params": [p for n, p in trainable if not is_head(model, n)], "lr": lr * backbone_lr_factor}
-    head = {"params": [p for n, p in trainable if is_head(model, n)], "lr": lr}
-    groups = [g for g in (backbone, head) if g["params"]]
+    groups: dict[tuple[bool, float], dict] = {}
+    for n, p in trainable:
+        head = is_head(model, n)
+        factor = model.lr_factor(n) if hasattr(model, "lr_factor") else 1.0   # a model's own recipe (airbench)
+        group = groups.setdefault((head, factor), {"params": [], "lr": lr * factor * (1 if head else backbone_lr_factor),
+                                                   "weight_decay": weight_decay / factor})
+        group["params"].append(p)
+    groups = [groups[k] for k in sorted(groups)]
     fused = {"fused": True} if trainable and all(
         p.device.type in ("cpu", "cuda") and p.is_floating_point() for _, p in trainable) else {}
     if name == "adam":
@@ -168,6 +189,7 @@ def prepare(params: TrainParams, data: RunData, device: str, total_steps: Option
     speed = speed or resolve(params, device)
     seed_everything(params.seed)
     model = build_model(params, len(data.dataset.classes), device, speed.channels_last)
+    fit_to_data(model, data, params, device)
     step_model = torch.compile(model) if params.compile else model
     train = batches(data, "train", params, device, train=True, speed=speed)
     val = batches(data, "val", params, device, train=False, speed=speed)
