@@ -67,14 +67,21 @@ def test_a_difference_beyond_the_interval_is_named_with_its_reason():
 def test_the_headline_reports_minutes_to_90_and_93():
     fast = record("fastvgg32", 0, 182, 0.95, wd=5e-4, augment=True, epochs=12, seconds=540,
                   to={"0.9": 420.0, "0.93": None})
-    h = study003.headline(study003.finished([fast]))
+    slow = record("airbench94", 0, 182, 0.95, wd=5e-4, augment=True, epochs=16, seconds=1500,
+                  to={"0.9": 500.0, "0.93": 1400.0})
+    both = study003.headlines(study003.finished([slow, fast]))
+    assert [h["model"] for h in both] == ["fastvgg32", "airbench94"]            # fastest first
+    h = both[0]
     assert h["test"] == pytest.approx(0.91) and h["minutes"] == pytest.approx(9.0)
     assert h["to"] == {"0.9": pytest.approx(7.0), "0.93": None}
     sentence = study003.headline_sentence(h)
     assert "**91.0% test top-1** after 9.0 minutes" in sentence and "passed 90% after 7.0 minutes" in sentence
     assert "93% was not reached" in sentence
-    table = study003.headline_table(h)
-    assert list(table.columns[:2]) == ["run", "machine"]
+    assert "passed 90% after 8.3 minutes" in study003.headline_sentence(both[1])
+    assert "and 93% after 23.3 minutes" in study003.headline_sentence(both[1])
+    table = study003.headline_table(both)
+    assert list(table.columns[:2]) == ["run", "machine"] and len(table) == 4   # two runs, 003, airbench
+    assert table.iloc[1]["to 93% on validation (min)"] == "23.3"
     assert table.iloc[0]["to 90% on validation (min)"] == "7.0" and table.iloc[0]["to 93% on validation (min)"] == "not reached"
     assert table.iloc[0]["machine"] == "AMD EPYC, 2 cores"
 
