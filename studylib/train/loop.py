@@ -134,7 +134,8 @@ class Lookahead:
         self.steps += 1
         if self.steps % self.EVERY and self.steps < self.total:
             return
-        decay = 1.0 if self.steps >= self.total else 0.95 ** 5 * (self.steps / self.total) ** 3
+        # on the last step between two updates, the weights go back to the average as it stands
+        decay = 0.95 ** 5 * (self.steps / self.total) ** 3 if self.steps % self.EVERY == 0 else 1.0
         for k, v in self.model.state_dict().items():
             if k in self.average:
                 self.average[k].lerp_(v, 1 - decay)
