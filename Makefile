@@ -1,5 +1,5 @@
 # make setup  - create .venv (if missing) and install studylib with its dependencies; idempotent
-# make test   - setup, then the test suite (all of it, on two pytest-xdist workers: about 9 minutes on 2 cores; the slowest 15 listed at the end)
+# make test   - setup, then the test suite (all of it, on two pytest-xdist workers, one test file per worker at a time: about 8 minutes on 2 cores; the slowest 15 listed at the end)
 # make test-fast - setup, then the tests not marked slow (no notebook, grid, server or book build): the edit-test loop
 # make study  - setup, a short benchmark of the quick study's models, the default study (params/quick.yaml), then the book
 #              DATA=/path/to/photos: the same on your own images (<class>/* or <split>/<class>/*), as study quick-<folder name>
@@ -30,7 +30,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 test: setup
-	$(PY) -m pytest -q -n 2 --dist loadgroup --durations=15
+	$(PY) -m pytest -q -n 2 --dist loadfile --durations=15
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow"

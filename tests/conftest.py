@@ -92,13 +92,3 @@ def browser():
         finally:
             launched.close()
 
-
-# `make test` runs the suite on two pytest-xdist workers. Each test file stays on one worker (its module
-# fixtures are built once), and the two files that share the session's smoke study stay together.
-SMOKE_FILES = ("test_grid.py", "test_book.py")
-
-
-def pytest_collection_modifyitems(config, items):
-    for item in items:
-        name = item.path.name
-        item.add_marker(pytest.mark.xdist_group("smoke-study" if name in SMOKE_FILES else name))
