@@ -20,7 +20,8 @@ from studylib.record import CostRecord, ModelServing
 from studylib.stages.cost.measures import pareto_front
 from studylib.stages.cost.readers import read_records
 from studylib.stages.cost.tables import cheapest_to_target
-from studylib.views.results import percent, points, accuracy_comparison, legend_below, place_labels, verdict
+from studylib.views.format import doc_link, percent, points
+from studylib.views.results import accuracy_comparison, legend_below, place_labels, verdict
 
 SERVING = ["latency_ms", "throughput", "batch_size", "fp32_mb", "int8_mb", "fp32_top1", "int8_top1"]
 TARGET_COLUMNS = ["run_id", "dataset", "model", "seed", "target", "epoch", "seconds", "cost", "currency", "machine"]
@@ -37,12 +38,6 @@ class Decision:
     sentences: dict[str, str] = field(default_factory=dict)           # kind -> sentence
     changes: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-
-
-def _link(text: str, record: dict | None) -> str:
-    """A MyST link to a record's executed notebook, or the bare text when the record names none."""
-    nb = (record or {}).get("notebook", "")
-    return f"{{doc}}`{text} </{nb[:-len('.ipynb')]}>`" if nb.endswith(".ipynb") and ".failed" not in nb else text
 
 
 def latest_cost(records: list[dict]) -> tuple[CostRecord | None, dict | None]:
@@ -229,7 +224,7 @@ def what_would_change(d: Decision, records: list[dict]) -> list[str]:
         raw = next((r for r in records if r.get("run_id") == tune.run_id), None)
         out.append(f"**Tuning.** A search of {tune.n_trials} trials for {tune.model} changed its test top-1 by "
                    f"{points(tune.test_gain)} points against the default hyperparameters "
-                   f"({_link('tuning chapter', raw)}); the other models kept the grid's hyperparameters.")
+                   f"({doc_link('tuning chapter', raw)}); the other models kept the grid's hyperparameters.")
     return out
 
 
@@ -255,7 +250,7 @@ def gpu_sentence(trains: list, records: list[dict]) -> str:
     """What a GPU would change: measured where runs used one, or the cost chapter's projections, or not measured."""
     gpus = sorted({r.hardware.get("gpu_name") for r in trains if r.device.startswith("cuda") and r.hardware.get("gpu_name")})
     cost, raw = latest_cost(records)
-    chapter = _link("cost chapter", raw) if cost else "cost chapter (not run for this study)"
+    chapter = doc_link("cost chapter", raw) if cost else "cost chapter (not run for this study)"
     if gpus:
         return f"**A GPU.** Runs on {', '.join(gpus)} are in this study; the {chapter} compares their cost per run."
     cpus = sorted({r.hardware.get("cpu_model") or "unknown CPU" for r in trains})

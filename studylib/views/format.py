@@ -75,3 +75,20 @@ def table(frame: pd.DataFrame, digits: int | dict = 3, missing: str = MISSING) -
         out.index = out.index.map(lambda x: number(x))
     out.index.names = frame.index.names
     return out
+
+
+def percent(x, decimals: int = 1) -> str:
+    """A share (0.616) as a percentage with `decimals` decimals ("61.6"; 0 as "0.0", so a column reads evenly);
+    missing as a dash."""
+    return MISSING if _is_missing(x) else f"{100 * x:.{decimals}f}"
+
+
+def points(x: float) -> str:
+    """A difference of shares (-0.026) in signed percentage points ("−2.6")."""
+    return f"{100 * x:+.1f}".replace("-", "−")
+
+
+def doc_link(text: str, record: dict | None) -> str:
+    """A MyST link to a record's executed notebook, or the bare text when the record names none."""
+    nb = (record or {}).get("notebook", "")
+    return f"{{doc}}`{text} </{nb[:-len('.ipynb')]}>`" if nb.endswith(".ipynb") and ".failed" not in nb else text

@@ -16,7 +16,7 @@ import pandas as pd
 import seaborn as sns
 
 from studylib.uncertainty import compare, correct_matrix
-from studylib.views.format import number
+from studylib.views.format import number, percent, points
 from studylib.views.format import table as format_table
 
 # column in runs.parquet -> (heading, format, scale)
@@ -155,16 +155,6 @@ def verdict(row) -> str:
     if pd.isna(row.get("diff_low")):
         return NO_INTERVAL
     return BEST if row["best"] else WITHIN if row["within_noise"] else BELOW
-
-
-def percent(x: float) -> str:
-    """A share (0.616) as a percentage to one decimal ("61.6")."""
-    return f"{100 * x:.1f}"
-
-
-def points(x: float) -> str:
-    """A difference of shares (-0.026) in signed percentage points ("−2.6")."""
-    return f"{100 * x:+.1f}".replace("-", "−")
 
 
 def accuracy_table(comparison: pd.DataFrame) -> pd.DataFrame:

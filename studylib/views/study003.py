@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from studylib.uncertainty import correct_matrix, top1_interval
-from studylib.views.format import number
+from studylib.views.format import number, percent
 
 # Reference study 003 (shared/reference-studies/003_*.txt): "Each model ... got around 70% in testing";
 # "adding BatchNorm layers raised testing accuracy ... from 70% to 82.37%"; "L2 regularization and
@@ -70,21 +70,17 @@ def arm_rows(records: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _pct(x, decimals: int = 1) -> str:
-    return number(None if x is None or (isinstance(x, float) and math.isnan(x)) else 100 * x, decimals=decimals)
-
-
 def arm_table(rows: pd.DataFrame) -> pd.DataFrame:
     """What a reader sees: 003's accuracy beside ours, the over-fitting gap, minutes; percent to one decimal."""
     return pd.DataFrame({
         "arm": rows["arm"],
-        "003's test accuracy (%)": [_pct(v) for v in rows["published"]],
-        "our test top-1 (%, mean ± std)": [f"{_pct(m)} ± {_pct(s)}" if not math.isnan(s) else _pct(m)
+        "003's test accuracy (%)": [percent(v) for v in rows["published"]],
+        "our test top-1 (%, mean ± std)": [f"{percent(m)} ± {percent(s)}" if not math.isnan(s) else percent(m)
                                           for m, s in zip(rows["test"], rows["std"])],
-        "95% interval (%)": [f"{_pct(lo)} to {_pct(hi)}" if not math.isnan(lo) else "—"
+        "95% interval (%)": [f"{percent(lo)} to {percent(hi)}" if not math.isnan(lo) else "—"
                              for lo, hi in zip(rows["low"], rows["high"])],
-        "train top-1, last epoch (%)": [_pct(v) for v in rows["train"]],
-        "gap, train − test (points)": [_pct(v) for v in rows["gap"]],
+        "train top-1, last epoch (%)": [percent(v) for v in rows["train"]],
+        "gap, train − test (points)": [percent(v) for v in rows["gap"]],
         "seeds": rows["seeds"].astype(int).astype(str),
         "train time (min)": [number(v, decimals=1) for v in rows["minutes"]],
     })
@@ -98,15 +94,15 @@ def differences(rows: pd.DataFrame) -> list[str]:
         if pd.isna(r["published"]) or math.isnan(r["low"]):   # 003 published no number (augmentation alone)
             continue
         if r["low"] <= r["published"] <= r["high"]:
-            out.append(f"**{r['arm']}**: 003's {_pct(r['published'])}% lies inside our interval.")
+            out.append(f"**{r['arm']}**: 003's {percent(r['published'])}% lies inside our interval.")
             continue
         higher = "below" if r["high"] < r["published"] else "above"
         why = (f"we trained {int(r['epochs'])} epochs where 003 trained {EPOCHS_003}; our train top-1 is "
-               f"{_pct(r['train'])}% (gap {_pct(r['gap'])} points), so the network had not yet fitted the training set"
+               f"{percent(r['train'])}% (gap {percent(r['gap'])} points), so the network had not yet fitted the training set"
                if r["train"] < 0.95 else
-               f"our train top-1 reached {_pct(r['train'])}%, as 003's did, so the difference is in generalisation")
-        out.append(f"**{r['arm']}**: ours is {_pct(r['test'])}%, {higher} 003's {_pct(r['published'])}% by more than "
-                   f"our interval ({_pct(r['low'])} to {_pct(r['high'])}%): {why}.")
+               f"our train top-1 reached {percent(r['train'])}%, as 003's did, so the difference is in generalisation")
+        out.append(f"**{r['arm']}**: ours is {percent(r['test'])}%, {higher} 003's {percent(r['published'])}% by more than "
+                   f"our interval ({percent(r['low'])} to {percent(r['high'])}%): {why}.")
     return out
 
 
@@ -163,15 +159,15 @@ def headline_table(runs: list[dict]) -> pd.DataFrame:
         hw = h["hardware"]
         ours.append({"run": f"ours: {h['model']}, {h['epochs']} epochs",
                      "machine": hw.get("gpu_name") or f"{hw.get('cpu_model') or 'a CPU'}, {hw.get('cpu_count', '?')} cores",
-                     "test top-1 (%)": _pct(h["test"]), "training (min)": number(h["minutes"], decimals=1),
+                     "test top-1 (%)": percent(h["test"]), "training (min)": number(h["minutes"], decimals=1),
                      "to 90% on validation (min)": _minutes(h["to"]["0.9"]),
                      "to 93% on validation (min)": _minutes(h["to"]["0.93"])})
     return pd.DataFrame([
         *ours,
         {"run": f"study 003: 3-block VGG, {EPOCHS_003} epochs", "machine": "AWS p3.2xlarge (one V100)",
-         "test top-1 (%)": _pct(PUBLISHED_003["all combined"]), "training (min)": "—",
+         "test top-1 (%)": percent(PUBLISHED_003["all combined"]), "training (min)": "—",
          "to 90% on validation (min)": "—", "to 93% on validation (min)": "—"},
-        {"run": "airbench94 (published)", "machine": AIRBENCH["machine"], "test top-1 (%)": _pct(AIRBENCH["accuracy"]),
+        {"run": "airbench94 (published)", "machine": AIRBENCH["machine"], "test top-1 (%)": percent(AIRBENCH["accuracy"]),
          "training (min)": number(AIRBENCH["seconds"] / 60, decimals=3),
          "to 90% on validation (min)": "—", "to 93% on validation (min)": "—"},
     ])
@@ -181,7 +177,7 @@ def headline_sentence(h: dict) -> str:
     """The headline in one sentence, from the run's record."""
     to90, to93 = h["to"]["0.9"], h["to"]["0.93"]
     first = (f"The fast recipe ({h['model']}, {h['precision']} {h['memory_format']}"
-             f"{', test-time flip' if h['tta'] else ''}) reached **{_pct(h['test'])}% test top-1** after "
+             f"{', test-time flip' if h['tta'] else ''}) reached **{percent(h['test'])}% test top-1** after "
              f"{number(h['minutes'], decimals=1)} minutes of training on this CPU")
     if to90 is not None:
         first += f"; validation top-1 passed 90% after {number(to90, decimals=1)} minutes"

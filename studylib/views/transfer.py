@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from studylib.uncertainty import correct_matrix, paired_difference, top1_interval
-from studylib.views.format import number
+from studylib.views.format import doc_link, number, percent, points
 
 SCRATCH, HEAD, ALL = "from scratch", "head only", "all layers"
 MODES = (SCRATCH, HEAD, ALL)
@@ -102,16 +102,6 @@ def mode_rows(records: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _pct(x, decimals: int = 1) -> str:
-    """A fraction as a percentage with `decimals` decimals (0 as 0.0, so a column reads evenly)."""
-    return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.{decimals}f}"
-
-
-def _points(x) -> str:
-    """A difference of top-1 in percentage points, signed: +3.2, −1.0."""
-    return f"{100 * x:+.1f}".replace("-", "−")
-
-
 def _time(row) -> str:
     if row["reached"] == 0:
         return "not reached"
@@ -127,12 +117,12 @@ def mode_table(rows: pd.DataFrame) -> pd.DataFrame:
         "mode": rows["mode"],
         "weights from": [s or "—" for s in rows["source"]],
         "seeds": rows["seeds"].astype(int).astype(str),
-        "test top-1 (%, mean ± std)": [f"{_pct(m)} ± {_pct(s)}" if not math.isnan(s) else _pct(m)
+        "test top-1 (%, mean ± std)": [f"{percent(m)} ± {percent(s)}" if not math.isnan(s) else percent(m)
                                       for m, s in zip(rows["test"], rows["std"])],
-        "95% interval (%)": [f"{_pct(lo)} to {_pct(hi)}" if not math.isnan(lo) else "—"
+        "95% interval (%)": [f"{percent(lo)} to {percent(hi)}" if not math.isnan(lo) else "—"
                              for lo, hi in zip(rows["low"], rows["high"])],
-        "gain over from scratch (points)": [_points(g) if not math.isnan(g) else "—" for g in rows["gain"]],
-        "gain, 95% interval (points)": [f"{_points(lo)} to {_points(hi)}" if not math.isnan(lo) else "—"
+        "gain over from scratch (points)": [points(g) if not math.isnan(g) else "—" for g in rows["gain"]],
+        "gain, 95% interval (points)": [f"{points(lo)} to {points(hi)}" if not math.isnan(lo) else "—"
                                         for lo, hi in zip(rows["gain_low"], rows["gain_high"])],
     })
 
@@ -143,7 +133,7 @@ def time_table(rows: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({
         "model": rows["model"],
         "mode": rows["mode"],
-        "validation target (top-1, %)": [_pct(t, 0) for t in rows["target"]],
+        "validation target (top-1, %)": [percent(t, 0) for t in rows["target"]],
         "time to target (min)": [_time(r) for _, r in rows.iterrows()],
         "training time (min)": [number(v, decimals=1) for v in rows["minutes"]],
     })
@@ -158,7 +148,7 @@ def _verdict(row) -> str:
 
 
 def _gain(row) -> str:
-    return f"{_points(row['gain'])} points (95% interval {_points(row['gain_low'])} to {_points(row['gain_high'])})"
+    return f"{points(row['gain'])} points (95% interval {points(row['gain_low'])} to {points(row['gain_high'])})"
 
 
 def answer(rows: pd.DataFrame) -> list[str]:
@@ -216,12 +206,6 @@ def curves(records: list[dict], dataset: str, model: str):
     return fig
 
 
-def _doc(text: str, record: dict | None) -> str:
-    """A MyST link to a record's executed notebook, or the bare text when there is none."""
-    nb = (record or {}).get("notebook", "")
-    return f"{{doc}}`{text} </{nb[:-len('.ipynb')]}>`" if nb.endswith(".ipynb") and ".failed" not in nb else text
-
-
 def source_links(records: list[dict], study_records: list[dict]) -> list[str]:
     """One Markdown line per source run: its model, id (linked to its page when it is a run of this study),
     dataset and test top-1, then the fine-tuned runs that started from it, by mode and seed (linked)."""
@@ -234,14 +218,14 @@ def source_links(records: list[dict], study_records: list[dict]) -> list[str]:
         dataset = children[0].get("source_dataset") or (source or {}).get("dataset") or "?"
         facts = []
         if source and source.get("test"):
-            facts.append(f"test top-1 {_pct(source['test']['top1'])}% on {dataset}")
+            facts.append(f"test top-1 {percent(source['test']['top1'])}% on {dataset}")
         if source and source.get("train_seconds"):
             facts.append(f"{number(source['train_seconds'] / 60, decimals=1)} minutes of training")
         modes = []
         for name in (HEAD, ALL):
             runs = sorted((r for r in children if r["mode"] == name), key=lambda r: r["params"]["seed"])
             if runs:
-                modes.append(f"{name}: " + ", ".join(_doc(f"seed {r['params']['seed']}", r) for r in runs))
-        out.append(f"**{children[0]['model']}** pretrained on {dataset} in {_doc(src, source)}"
+                modes.append(f"{name}: " + ", ".join(doc_link(f"seed {r['params']['seed']}", r) for r in runs))
+        out.append(f"**{children[0]['model']}** pretrained on {dataset} in {doc_link(src, source)}"
                    + (f" ({', '.join(facts)})" if facts else "") + f" → {'; '.join(modes)}")
     return out
