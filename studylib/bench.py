@@ -79,7 +79,8 @@ def _bare_settings(setup, params: TrainParams, device: str, num_classes: int, si
     twin = copy.deepcopy(setup.model).to(memory_format=MEMORY_FORMATS[other])
     models = {setup.speed.layout: (setup.step_model, setup.optimizer),
               other: (torch.compile(twin) if params.compile else twin,
-                      build_optimizer(twin, params.optimizer, params.lr, params.weight_decay))}
+                      build_optimizer(twin, params.optimizer, params.lr, params.weight_decay,
+                                      params.backbone_lr_factor, params.muon_lr))}
     g = torch.Generator(device="cpu").manual_seed(params.seed)
     base = {b: (torch.randn(b, 3, params.image_size, params.image_size, generator=g),
                 torch.randint(0, num_classes, (b,), generator=g)) for b in sorted(set(sizes))}

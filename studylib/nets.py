@@ -126,6 +126,13 @@ class AirbenchNet(nn.Module):
         self.whiten.weight.copy_(torch.cat([filters, -filters]))
 
     @staticmethod
-    def lr_factor(name: str) -> float:
-        """The recipe's learning-rate factor for a parameter: 64 for BatchNorm shifts, 1 for the rest."""
-        return 64.0 if name.endswith(".bias") and not name.startswith("whiten") else 1.0
+    def lr_factor(name: str, optimizer: str = "sgd") -> float:
+        """The recipe's learning-rate factor for a parameter. With SGD (airbench94): 64 for BatchNorm
+        shifts, 1 for the rest. With Muon on the filters (airbench94_muon): 16 for every shift (BatchNorm's
+        and the whitening conv's), 1 for the head: airbench's 0.053 and 0.67 per summed loss, the head's
+        restated for this net's logits / 9 instead of its logits / width with a unit-std head."""
+        if not name.endswith(".bias"):
+            return 1.0
+        if optimizer == "muon":
+            return 16.0
+        return 1.0 if name.startswith("whiten") else 64.0

@@ -122,9 +122,10 @@ class TrainParams(StageParams):
     epochs: PositiveInt = 5
     batch_size: PositiveInt = 64
     lr: PositiveFloat = 1e-2
-    optimizer: Literal["adam", "adamw", "sgd"] = "adamw"
+    optimizer: Literal["adam", "adamw", "sgd", "muon"] = "adamw"   # muon: Muon for conv filters, SGD for the rest
+    muon_lr: PositiveFloat = 0.24        # Muon's learning rate for conv filters (optimizer muon only)
     weight_decay: NonNegativeFloat = 5e-4
-    schedule: Literal["constant", "cosine", "onecycle"] = "onecycle"
+    schedule: Literal["constant", "cosine", "onecycle", "linear"] = "onecycle"
     label_smoothing: float = 0.1
     image_size: PositiveInt = 64
     augment: bool = True

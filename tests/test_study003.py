@@ -10,13 +10,15 @@ from studylib.views import study003
 LABELS = [i % 10 for i in range(200)]
 
 
-def record(model, seed, test_right, train_top1, wd=0.0, augment=False, epochs=3, seconds=120.0, to=None):
+def record(model, seed, test_right, train_top1, wd=0.0, augment=False, epochs=3, seconds=120.0, to=None,
+           optimizer="adam"):
     """A finished train record whose first `test_right` of 200 test images are right."""
     preds = [label if i < test_right else (label + 1) % 10 for i, label in enumerate(LABELS)]
     history = [{"epoch": e, "train_top1": train_top1 * e / epochs, "val_top1": 0.9 * test_right / 200 * e / epochs}
                for e in range(1, epochs + 1)]
     return {"run_id": f"train-cifar10-{model}-s{seed}", "model": model, "train_seconds": seconds,
-            "params": {"model": model, "weight_decay": wd, "augment": augment, "epochs": epochs, "tta": False},
+            "params": {"model": model, "weight_decay": wd, "augment": augment, "epochs": epochs, "tta": False,
+                       "optimizer": optimizer},
             "test": {"top1": test_right / 200, "predictions": preds, "labels": LABELS},
             "history": history, "time_to_target": to or {}, "precision": "bf16", "memory_format": "nhwc",
             "hardware": {"cpu_model": "AMD EPYC", "cpu_count": 2, "gpu_name": None}}
@@ -66,9 +68,9 @@ def test_a_difference_beyond_the_interval_is_named_with_its_reason():
 
 def test_the_headline_reports_minutes_to_90_and_93():
     fast = record("fastvgg32", 0, 182, 0.95, wd=5e-4, augment=True, epochs=12, seconds=540,
-                  to={"0.9": 420.0, "0.93": None})
+                  to={"0.9": 420.0, "0.93": None}, optimizer="sgd")
     slow = record("airbench94", 0, 182, 0.95, wd=5e-4, augment=True, epochs=16, seconds=1500,
-                  to={"0.9": 500.0, "0.93": 1400.0})
+                  to={"0.9": 500.0, "0.93": 1400.0}, optimizer="muon")
     both = study003.headlines(study003.finished([slow, fast]))
     assert [h["model"] for h in both] == ["fastvgg32", "airbench94"]            # fastest first
     h = both[0]
@@ -84,6 +86,8 @@ def test_the_headline_reports_minutes_to_90_and_93():
     assert table.iloc[1]["to 93% on validation (min)"] == "23.3"
     assert table.iloc[0]["to 90% on validation (min)"] == "7.0" and table.iloc[0]["to 93% on validation (min)"] == "not reached"
     assert table.iloc[0]["machine"] == "AMD EPYC, 2 cores"
+    assert [table.iloc[i]["run"] for i in (0, 1)] == ["ours: fastvgg32, SGD, 12 epochs", "ours: airbench94, Muon + SGD, 16 epochs"]
+    assert "(airbench94, Muon + SGD, bf16 nhwc" in study003.headline_sentence(both[1])
 
 
 @pytest.mark.slow

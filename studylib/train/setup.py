@@ -28,6 +28,7 @@ from studylib.data.loader import IMAGENET_MEAN, IMAGENET_STD, TensorBatches
 from studylib.data.registry import Dataset, load_dataset
 from studylib.models import create_model, is_head, load_backbone
 from studylib.params import TrainParams, source_record, source_run_dir
+from studylib.train.muon import MuonSGD
 from studylib.train.speed import Speed, resolve
 
 
@@ -135,25 +136,32 @@ def fit_to_data(model: nn.Module, data: RunData, params: TrainParams, device: st
 
 
 def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float,
-                    backbone_lr_factor: float = 1.0) -> torch.optim.Optimizer:
-    """Adam, AdamW or SGD (Nesterov momentum 0.9) over the trainable parameters, in two groups: the
+                    backbone_lr_factor: float = 1.0, muon_lr: float = 0.24) -> torch.optim.Optimizer:
+    """Adam, AdamW, SGD (Nesterov momentum 0.9) or Muon over the trainable parameters, in two groups: the
     backbone's at lr x backbone_lr_factor, the head's at lr (a group without trainable parameters is left out).
-    A model with its own `lr_factor(name)` (airbench: BatchNorm shifts at 64x) splits them further; such a
-    group's weight decay is divided by its factor, so each step decays its weights by the same amount.
+    A model with its own `lr_factor(name, optimizer)` (airbench: BatchNorm shifts at 64x) splits them further;
+    such a group's weight decay is divided by its factor, so each step decays its weights by the same amount.
+    "muon": the conv filters (4-D weights) step by Muon at muon_lr without weight decay, the rest by SGD as
+    above (`train.muon.MuonSGD`).
 
     The fused implementation (one kernel for all parameters) when every parameter is a float
     tensor on the CPU or a CUDA device: for models of many small tensors it is several times
     faster than the per-parameter loop (`studylib bench` measures the step it is part of).
     """
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    filters = [p for _, p in trainable if p.ndim == 4] if name == "muon" else []
     groups: dict[tuple[bool, float], dict] = {}
     for n, p in trainable:
+        if any(p is f for f in filters):
+            continue
         head = is_head(model, n)
-        factor = model.lr_factor(n) if hasattr(model, "lr_factor") else 1.0   # a model's own recipe (airbench)
+        factor = model.lr_factor(n, name) if hasattr(model, "lr_factor") else 1.0   # a model's own recipe (airbench)
         group = groups.setdefault((head, factor), {"params": [], "lr": lr * factor * (1 if head else backbone_lr_factor),
                                                    "weight_decay": weight_decay / factor})
         group["params"].append(p)
     groups = [groups[k] for k in sorted(groups)]
+    if name == "muon":
+        return MuonSGD(groups + ([{"params": filters, "lr": muon_lr, "muon": True}] if filters else []))
     fused = {"fused": True} if trainable and all(
         p.device.type in ("cpu", "cuda") and p.is_floating_point() for _, p in trainable) else {}
     if name == "adam":
@@ -164,8 +172,9 @@ def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float,
 
 
 def build_schedule(optimizer, name: str, total_steps: int):
-    """The learning-rate schedule over `total_steps` steps: cosine, one-cycle or constant. Each parameter
-    group's schedule peaks at the group's own learning rate."""
+    """The learning-rate schedule over `total_steps` steps: cosine, one-cycle, linear (from the peak
+    straight down to 0, airbench94_muon's) or constant. Each parameter group's schedule peaks at the
+    group's own learning rate."""
     if name == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total_steps))
     if name == "onecycle":
@@ -173,7 +182,12 @@ def build_schedule(optimizer, name: str, total_steps: int):
         # OneCycleLR divides by zero when pct_start * total_steps == 1 (4 steps at 0.25): warm up a bit longer then.
         pct = 0.25 if 0.25 * total != 1 else 0.3
         peaks = [g["lr"] for g in optimizer.param_groups]
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=peaks, total_steps=total, pct_start=pct)
+        cycle = "momentum" in optimizer.defaults or "betas" in optimizer.defaults   # MuonSGD: its momenta stay
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=peaks, total_steps=total, pct_start=pct,
+                                                   cycle_momentum=cycle)
+    if name == "linear":
+        total = max(1, total_steps)
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: max(0.0, 1 - step / total))
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
 
 
@@ -193,7 +207,8 @@ def prepare(params: TrainParams, data: RunData, device: str, total_steps: Option
     step_model = torch.compile(model) if params.compile else model
     train = batches(data, "train", params, device, train=True, speed=speed)
     val = batches(data, "val", params, device, train=False, speed=speed)
-    optimizer = build_optimizer(model, params.optimizer, params.lr, params.weight_decay, params.backbone_lr_factor)
+    optimizer = build_optimizer(model, params.optimizer, params.lr, params.weight_decay, params.backbone_lr_factor,
+                                params.muon_lr)
     steps = params.epochs * len(train) if total_steps is None else total_steps
     schedule = build_schedule(optimizer, params.schedule, steps)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=params.label_smoothing)

@@ -140,12 +140,16 @@ def headlines(records: list[dict]) -> list[dict]:
     out = []
     for r in (r for r in records if r["arm"] == "headline"):
         reached = {t: r["time_to_target"].get(t) for t in HEADLINE_TARGETS}
-        out.append({"model": r["model"], "run_id": r["run_id"], "test": r["test"]["top1"],
+        out.append({"model": r["model"], "optimizer": r["params"].get("optimizer", ""), "run_id": r["run_id"],
+                    "test": r["test"]["top1"],
                     "epochs": len(r["history"]), "minutes": r["train_seconds"] / 60,
                     "to": {t: (s / 60 if s is not None else None) for t, s in reached.items()},
                     "precision": r.get("precision", ""), "memory_format": r.get("memory_format", ""),
                     "tta": r["params"].get("tta", False), "hardware": r.get("hardware", {})})
     return sorted(out, key=lambda h: h["minutes"])
+
+
+_OPTIMIZER = {"muon": "Muon + SGD", "sgd": "SGD", "adam": "Adam", "adamw": "AdamW"}
 
 
 def _minutes(m: float | None) -> str:
@@ -157,7 +161,7 @@ def headline_table(runs: list[dict]) -> pd.DataFrame:
     ours = []
     for h in runs:
         hw = h["hardware"]
-        ours.append({"run": f"ours: {h['model']}, {h['epochs']} epochs",
+        ours.append({"run": f"ours: {h['model']}, {_OPTIMIZER.get(h['optimizer'], h['optimizer'])}, {h['epochs']} epochs",
                      "machine": hw.get("gpu_name") or f"{hw.get('cpu_model') or 'a CPU'}, {hw.get('cpu_count', '?')} cores",
                      "test top-1 (%)": percent(h["test"]), "training (min)": number(h["minutes"], decimals=1),
                      "to 90% on validation (min)": _minutes(h["to"]["0.9"]),
@@ -176,7 +180,7 @@ def headline_table(runs: list[dict]) -> pd.DataFrame:
 def headline_sentence(h: dict) -> str:
     """The headline in one sentence, from the run's record."""
     to90, to93 = h["to"]["0.9"], h["to"]["0.93"]
-    first = (f"The fast recipe ({h['model']}, {h['precision']} {h['memory_format']}"
+    first = (f"The fast recipe ({h['model']}, {_OPTIMIZER.get(h['optimizer'], h['optimizer'])}, {h['precision']} {h['memory_format']}"
              f"{', test-time flip' if h['tta'] else ''}) reached **{percent(h['test'])}% test top-1** after "
              f"{number(h['minutes'], decimals=1)} minutes of training on this CPU")
     if to90 is not None:
