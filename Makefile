@@ -49,7 +49,7 @@ study: setup
 	  echo ""; echo "The report: file://$(CURDIR)/book/_build/html/index.html"; \
 	  exit $$status
 
-# cifar10's bench: 2 batches of 512 per pass (the headline's batch size), 2 rounds.
+# cifar10's bench: 1024 training images per pass (8 batches of the arms' 128, 2 of the headline's 500), 2 rounds.
 CIFAR10_BENCH := --grid params/cifar10.yaml --train-limit 1024 --rounds 2 --warmup 1 --latency-calls 10 --throughput-calls 2
 SHARED ?= ../shared
 

@@ -44,7 +44,7 @@ from studylib.study.expand import check_data_folder, load_grid
 from studylib.study.overhead import print_overhead
 from studylib.train.loop import autocast, synchronize, train_epoch, train_step
 from studylib.train.profiling import FirstBatches
-from studylib.train.setup import build_optimizer, load_run_data, prepare, steps_per_epoch
+from studylib.train.setup import load_run_data, optimizer_for, prepare, steps_per_epoch
 from studylib.train.speed import (MEMORY_FORMATS, SETTINGS, Speed, bare_column, bench_dir, choose, csv_name,
                                   device_name, resolve, setting_name)
 from studylib.util import atomic_write, now
@@ -79,8 +79,7 @@ def _bare_settings(setup, params: TrainParams, device: str, num_classes: int, si
     twin = copy.deepcopy(setup.model).to(memory_format=MEMORY_FORMATS[other])
     models = {setup.speed.layout: (setup.step_model, setup.optimizer),
               other: (torch.compile(twin) if params.compile else twin,
-                      build_optimizer(twin, params.optimizer, params.lr, params.weight_decay,
-                                      params.backbone_lr_factor, params.muon_lr))}
+                      optimizer_for(twin, params))}
     g = torch.Generator(device="cpu").manual_seed(params.seed)
     base = {b: (torch.randn(b, 3, params.image_size, params.image_size, generator=g),
                 torch.randint(0, num_classes, (b,), generator=g)) for b in sorted(set(sizes))}

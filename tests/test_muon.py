@@ -76,7 +76,7 @@ def test_the_linear_schedule_falls_from_each_groups_peak_to_zero_and_onecycle_le
         opt.step()
         schedule.step()
     assert sorted(lrs[0]) == [0.24, 2.0, 32.0] and lrs[0][-1] == 0.24    # the muon group last
-    assert all(abs(l[2] - 0.24 * (1 - i / 10)) < 1e-9 for i, l in enumerate(lrs))
+    assert all(abs(step[2] - 0.24 * (1 - i / 10)) < 1e-9 for i, step in enumerate(lrs))
     assert all(g["lr"] == 0 for g in opt.param_groups)
     opt = build_optimizer(net, "muon", lr=2.0, weight_decay=0.0, muon_lr=0.24)
     schedule = build_schedule(opt, "onecycle", 10)

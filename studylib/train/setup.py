@@ -171,6 +171,12 @@ def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float,
     return torch.optim.SGD(groups, lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay, **fused)
 
 
+def optimizer_for(model: nn.Module, params: TrainParams) -> torch.optim.Optimizer:
+    """`build_optimizer` with a run's parameters."""
+    return build_optimizer(model, params.optimizer, params.lr, params.weight_decay, params.backbone_lr_factor,
+                           params.muon_lr)
+
+
 def build_schedule(optimizer, name: str, total_steps: int):
     """The learning-rate schedule over `total_steps` steps: cosine, one-cycle, linear (from the peak
     straight down to 0, airbench94_muon's) or constant. Each parameter group's schedule peaks at the
@@ -207,8 +213,7 @@ def prepare(params: TrainParams, data: RunData, device: str, total_steps: Option
     step_model = torch.compile(model) if params.compile else model
     train = batches(data, "train", params, device, train=True, speed=speed)
     val = batches(data, "val", params, device, train=False, speed=speed)
-    optimizer = build_optimizer(model, params.optimizer, params.lr, params.weight_decay, params.backbone_lr_factor,
-                                params.muon_lr)
+    optimizer = optimizer_for(model, params)
     steps = params.epochs * len(train) if total_steps is None else total_steps
     schedule = build_schedule(optimizer, params.schedule, steps)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=params.label_smoothing)
