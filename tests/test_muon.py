@@ -1,5 +1,6 @@
 """Muon for conv filters with SGD for the rest (studylib.train.muon), as build_optimizer("muon") sets it up,
 and the linear schedule airbench94_muon uses."""
+import pytest
 import torch
 from torch import nn
 
@@ -84,3 +85,12 @@ def test_the_linear_schedule_falls_from_each_groups_peak_to_zero_and_onecycle_le
         opt.step()
         schedule.step()
     assert [g["momentum"] for g in opt.param_groups] == [0.9, 0.9, 0.6]
+
+
+def test_backbone_filters_take_the_backbone_lr_factor_under_muon():
+    net = create_model("smallvgg3_bn", 10)
+    opt = build_optimizer(net, "muon", lr=0.02, weight_decay=0.0, backbone_lr_factor=0.1, muon_lr=0.2)
+    muon = [g for g in opt.param_groups if g["muon"]]
+    assert len(muon) == 1 and muon[0]["lr"] == pytest.approx(0.02)        # every conv is the backbone's
+    assert {id(p) for p in muon[0]["params"]} == {id(p) for p in net.parameters() if p.ndim == 4}
+    assert sorted(g["lr"] for g in opt.param_groups if not g["muon"]) == pytest.approx([0.002, 0.02])

@@ -141,27 +141,29 @@ def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float,
     backbone's at lr x backbone_lr_factor, the head's at lr (a group without trainable parameters is left out).
     A model with its own `lr_factor(name, optimizer)` (airbench: BatchNorm shifts at 64x) splits them further;
     such a group's weight decay is divided by its factor, so each step decays its weights by the same amount.
-    "muon": the conv filters (4-D weights) step by Muon at muon_lr without weight decay, the rest by SGD as
-    above (`train.muon.MuonSGD`).
+    "muon": the conv filters (4-D weights) step by Muon at muon_lr (x backbone_lr_factor in the backbone) without
+    weight decay, the rest by SGD as above (`train.muon.MuonSGD`).
 
     The fused implementation (one kernel for all parameters) when every parameter is a float
     tensor on the CPU or a CUDA device: for models of many small tensors it is several times
     faster than the per-parameter loop (`studylib bench` measures the step it is part of).
     """
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    filters = [p for _, p in trainable if p.ndim == 4] if name == "muon" else []
     groups: dict[tuple[bool, float], dict] = {}
+    filters: dict[bool, dict] = {}                      # muon: the conv filters, by head or backbone
     for n, p in trainable:
-        if any(p is f for f in filters):
-            continue
         head = is_head(model, n)
+        part = 1 if head else backbone_lr_factor
+        if name == "muon" and p.ndim == 4:
+            filters.setdefault(head, {"params": [], "lr": muon_lr * part, "muon": True})["params"].append(p)
+            continue
         factor = model.lr_factor(n, name) if hasattr(model, "lr_factor") else 1.0   # a model's own recipe (airbench)
-        group = groups.setdefault((head, factor), {"params": [], "lr": lr * factor * (1 if head else backbone_lr_factor),
+        group = groups.setdefault((head, factor), {"params": [], "lr": lr * factor * part,
                                                    "weight_decay": weight_decay / factor})
         group["params"].append(p)
     groups = [groups[k] for k in sorted(groups)]
     if name == "muon":
-        return MuonSGD(groups + ([{"params": filters, "lr": muon_lr, "muon": True}] if filters else []))
+        return MuonSGD(groups + [filters[k] for k in sorted(filters)])
     fused = {"fused": True} if trainable and all(
         p.device.type in ("cpu", "cuda") and p.is_floating_point() for _, p in trainable) else {}
     if name == "adam":
