@@ -150,6 +150,14 @@ class TrainParams(StageParams):
             raise ParameterError("label_smoothing", v, "in [0, 1)")
         return v
 
+    @field_validator("train_limit")
+    @classmethod
+    def _train_limit(cls, v):
+        if v == 1:
+            raise ParameterError("train_limit", v, "0 (every training image) or at least 2 (BatchNorm needs two "
+                                 "images a batch)")
+        return v
+
     @field_validator("device")
     @classmethod
     def _device(cls, v):

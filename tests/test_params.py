@@ -15,6 +15,7 @@ from studylib.stages.data_prep import DataPrepParams
     ({"lr": -0.1}, "lr", "-0.1", "positive number"),
     ({"lr": 0}, "lr", "0", "positive number"),
     ({"image_size": 16}, "image_size", "16", "at least 32"),
+    ({"train_limit": 1}, "train_limit", "1", "at least 2"),
     ({"model": "smallvgg3_bn", "image_size": 4}, "image_size", "4", "at least 8"),
     ({"dataset": "imagefolder", "root": "/no/such/folder"}, "root", "/no/such/folder", "existing folder"),
     ({"dataset": "imagefolder"}, "root", "''", "folder"),
@@ -72,3 +73,4 @@ def test_a_report_notebook_refuses_a_parameter_it_does_not_know():
     assert ReportParams.from_namespace({"study": "cifar10", "In": [], "SPLITS": ()}).study == "cifar10"
     with pytest.raises(ParameterError, match=r"parameter 'stduy' is 'x'.*the nearest is 'study'"):
         ReportParams.from_namespace({"study": "quick", "stduy": "x"})
+
