@@ -24,6 +24,11 @@ def test_a_value_on_its_own(value, shown):
     assert number(value) == shown
 
 
+def test_rounding_to_a_whole_number_keeps_its_zeros():
+    assert number(40.2, 2) == "40" and number(1000.4) == "1,000" and number(99.96, 3) == "100"
+    assert number(40.25, 3) == "40.2" or number(40.25, 3) == "40.3"
+
+
 def test_a_column_shares_its_decimals_and_whole_numbers_stay_whole():
     assert column(pd.Series([0.5, 0.61234, 0.7])).tolist() == ["0.500", "0.612", "0.700"]
     assert column(pd.Series([12.0, 3.0])).tolist() == ["12", "3"]

@@ -47,7 +47,8 @@ def number(x, digits: int = 3, decimals: int | None = None, missing: str = MISSI
         if decimals is None:   # a value on its own: its significant digits, no trailing zeros
             if v == int(v) and abs(v) < 1e15:
                 return f"{int(v):,}"
-            return f"{v:,.{decimals_for([v], digits)}f}".rstrip("0").rstrip(".")
+            text = f"{v:,.{decimals_for([v], digits)}f}"
+            return text.rstrip("0").rstrip(".") if "." in text else text   # 40.2 to 2 digits is 40, not 4
         return f"{v:,.{decimals}f}"
     if isinstance(x, (list, tuple)):
         return ", ".join(number(v, digits) for v in x)
