@@ -129,8 +129,10 @@ class TrainParams(StageParams):
     label_smoothing: float = 0.1
     image_size: PositiveInt = 64
     augment: bool = True
+    flip: Literal["random", "alternate"] = "random"   # with augment: random per image, or airbench's alternating flip
     early_stopping: NonNegativeInt = 0              # patience in epochs on val top-1; 0 means off
-    tta: bool = False                    # test-time flip: val and test logits averaged over each image and its mirror
+    tta: Literal[False, True, "flip_translate"] = False  # test-time views: true averages each image and its mirror;
+    # flip_translate adds the two one-pixel shifts of both (airbench's six views; validation uses them in the last epoch)
     lookahead: bool = False              # airbench's lookahead: every 5 steps the weights reset to their moving average
     seed: int = 0
     device: str = "auto"

@@ -15,7 +15,7 @@ from PIL import Image
 from studylib.data import cifar10
 from studylib.data.registry import load_dataset
 from studylib.errors import DatasetUnavailable
-from studylib.train.loop import evaluate
+from studylib.train.loop import evaluate, tta_views
 from studylib.data.loader import TensorBatches
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpg" / "cifar10-jpg.tar.gz"
@@ -113,17 +113,46 @@ def test_offline_without_a_copy_says_what_to_fetch_and_where(env):
     assert str(empty) in message and cifar10.ARCHIVE in message and "cifar-10-batches-py" in message
 
 
-def test_test_time_flip_averages_each_image_and_its_mirror():
+def test_test_time_views_average_the_mirror_and_the_one_pixel_shifts():
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 4, 3))   # not mirror-symmetric
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 4, 3))   # not mirror- or shift-symmetric
     images = torch.randint(0, 256, (5, 3, 4, 4), dtype=torch.uint8)
     batches = TensorBatches(images, torch.zeros(5, dtype=torch.long), 5, mean=[0.5] * 3, std=[0.25] * 3)
     plain, _, _ = evaluate(model, batches, "cpu")
-    flipped, _, _ = evaluate(model, batches, "cpu", flip=True)
+    flipped, _, _ = evaluate(model, batches, "cpu", views="flip")
+    six, _, _ = evaluate(model, batches, "cpu", views="flip_translate")
     x = next(iter(batches))[0]
+
+    def mirror_mean(v):
+        return (model(v) + model(v.flip(3))) / 2
+
+    padded = torch.nn.functional.pad(x, (1, 1, 1, 1), mode="reflect")
+    up_left, down_right = padded[:, :, 0:4, 0:4], padded[:, :, 2:6, 2:6]
     with torch.no_grad():
-        assert torch.allclose(flipped, (model(x) + model(x.flip(3))) / 2, atol=1e-6)
-    assert not torch.allclose(plain, flipped)
+        assert torch.allclose(plain, model(x), atol=1e-6)
+        assert torch.allclose(flipped, mirror_mean(x), atol=1e-6)
+        assert torch.allclose(six, mirror_mean(x) / 2 + (mirror_mean(up_left) + mirror_mean(down_right)) / 4, atol=1e-6)
+    assert not torch.allclose(plain, flipped) and not torch.allclose(flipped, six)
+    assert [tta_views(t) for t in (False, True, "flip_translate")] == ["none", "flip", "flip_translate"]
+
+
+def test_six_views_validate_only_the_last_epoch(monkeypatch):
+    """Six views cost three flips' time: every epoch but the last validates with the flip alone."""
+    from studylib.train import loop
+    seen = []
+    real = loop.evaluate
+    monkeypatch.setattr(loop, "evaluate", lambda *a, **k: (seen.append(a[4]), real(*a, **k))[1])
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 4, 3))
+    images = torch.randint(0, 256, (8, 3, 4, 4), dtype=torch.uint8)
+    data = TensorBatches(images, torch.arange(8) % 3, 4, mean=[0.5] * 3, std=[0.25] * 3)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    for tta, expected in ((True, ["flip"] * 3), ("flip_translate", ["flip", "flip", "flip_translate"]),
+                          (False, ["none"] * 3)):
+        seen.clear()
+        loop.fit(model, data, data, epochs=3, optimizer=optimizer, schedule=None, loss_fn=torch.nn.CrossEntropyLoss(),
+                 device="cpu", tta=tta, progress=False)
+        assert seen == expected, tta
 
 
 @pytest.mark.skipif(not SHARED.is_file(), reason=f"the real CIFAR-10 JPEG export is not at {SHARED}")

@@ -1,4 +1,5 @@
 """The data path: the one-gather crop and flip equals the per-image definition; batches repeat exactly."""
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -52,3 +53,36 @@ def test_batches_are_normalised_and_repeat_with_the_seed():
     order = torch.cat([y for _, y in a])
     assert sorted(order.tolist()) == sorted(labels.tolist()) and not torch.equal(order, labels)
     assert TensorBatches(images, labels, 16, mean=mean, std=std).batch_sizes() == [16, 16, 16, 2]
+
+
+def flipped_per_epoch(flip, epochs=4, n=40):
+    """For each epoch, which images (by id) the loader mirrored. Each image's pixels rise from left to right,
+    so after a crop of at most 1 pixel the middle columns still rise unless the image was flipped."""
+    images = (torch.arange(16) * 8).view(1, 1, 1, 16).expand(n, 3, 16, 16).to(torch.uint8).contiguous()
+    ids = torch.arange(n)
+    tb = TensorBatches(images, ids, 8, mean=[0.5] * 3, std=[0.25] * 3, shuffle=True, augment=True, seed=5,
+                       flip=flip)
+    result = []
+    for _ in range(epochs):
+        flipped = torch.zeros(n, dtype=torch.bool)
+        for x, y in tb:
+            flipped[y] = x[:, 0, 8, 9] < x[:, 0, 8, 7]
+        result.append(flipped)
+    return result
+
+
+def test_alternating_flip_mirrors_each_image_every_other_epoch():
+    epochs = flipped_per_epoch("alternate")
+    assert 10 < int(epochs[0].sum()) < 30                      # a random half in the first epoch
+    for before, after in zip(epochs, epochs[1:]):
+        assert torch.equal(after, ~before)                      # then each image the other way round
+    assert all(torch.equal(a, b) for a, b in zip(epochs, flipped_per_epoch("alternate")))  # repeats with the seed
+    # random flips draw anew each epoch: some images keep their orientation from one epoch to the next
+    randomly = flipped_per_epoch("random")
+    assert any(bool((a == b).any()) for a, b in zip(randomly, randomly[1:]))
+
+
+def test_an_unknown_flip_is_refused():
+    with pytest.raises(ValueError, match="flip"):
+        TensorBatches(torch.zeros(4, 3, 8, 8, dtype=torch.uint8), torch.zeros(4), 2, mean=[0] * 3, std=[1] * 3,
+                      flip="sometimes")

@@ -15,16 +15,21 @@ IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
 
 
-def random_crop_flip(x: torch.Tensor, generator: torch.Generator, pad: int) -> torch.Tensor:
+def random_crop_flip(x: torch.Tensor, generator: torch.Generator, pad: int,
+                     flip: torch.Tensor | None = None) -> torch.Tensor:
     """Per-image random crop (reflect padding `pad`) and horizontal flip of a B x C x H x W batch.
 
     Works on any dtype (the loader calls it on uint8, a quarter of the bytes of float32). The
     crop and the flip are one gather: for image i, output pixel (r, c) reads padded pixel
-    (r + dy_i, c + dx_i), with c mirrored when image i is flipped.
+    (r + dy_i, c + dx_i), with c mirrored when image i is flipped. `flip`: which images to
+    mirror (B booleans); None draws each with probability 1/2.
     """
     b, c, h, w = x.shape
     dev = x.device
-    flip = torch.rand(b, generator=generator, device=generator.device).to(dev) < 0.5
+    if flip is None:
+        flip = torch.rand(b, generator=generator, device=generator.device).to(dev) < 0.5
+    else:
+        flip = flip.to(dev)
     cols = torch.arange(w, device=dev).expand(b, w)
     cols = torch.where(flip[:, None], w - 1 - cols, cols)
     if pad <= 0:
@@ -44,11 +49,14 @@ class TensorBatches:
     images: N x 3 x S x S uint8 (moved to `device` once); mean/std: per-channel floats.
     With shuffle, the order comes from `seed` and the epoch number, so runs repeat exactly
     (on CPU; a GPU draws its own random numbers, repeatable on that GPU).
+    flip (with augment): "random" mirrors each image with probability 1/2 every epoch; "alternate" is
+    airbench's alternating flip: a random half of the images (drawn once from `seed`) is mirrored in
+    even epochs and the other half in odd ones, so every image is seen both ways every two epochs.
     """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, *, mean, std,
                  device: str = "cpu", shuffle: bool = False, augment: bool = False, seed: int = 0,
-                 drop_last: bool = False, channels_last: bool = False):
+                 drop_last: bool = False, channels_last: bool = False, flip: str = "random"):
         self.images = images.to(device)
         self.labels = labels.to(device)
         self.batch_size = batch_size
@@ -59,6 +67,12 @@ class TensorBatches:
         self.pad = max(1, images.shape[-1] // 16)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.epoch = 0
+        self.flip = flip
+        if flip == "alternate":
+            g = torch.Generator(device=self.images.device).manual_seed(self.seed * 100_003 - 1)
+            self.flip_even = torch.rand(len(self.labels), generator=g, device=self.images.device) < 0.5
+        elif flip != "random":
+            raise ValueError(f"flip must be 'random' or 'alternate', not {flip!r}")
 
     def __len__(self) -> int:
         n = len(self.labels)
@@ -71,18 +85,18 @@ class TensorBatches:
 
     def __iter__(self):
         g = torch.Generator(device=self.images.device).manual_seed(self.seed * 100_003 + self.epoch)
+        flips = None
+        if self.flip == "alternate":
+            flips = self.flip_even if self.epoch % 2 == 0 else ~self.flip_even
         self.epoch += 1
         n = len(self.labels)
         order = torch.randperm(n, generator=g, device=self.images.device) if self.shuffle else None
         for k in range(len(self)):
             lo, hi = k * self.batch_size, min(n, (k + 1) * self.batch_size)
-            if order is not None:
-                idx = order[lo:hi]
-                x, y = self.images.index_select(0, idx), self.labels.index_select(0, idx)
-            else:
-                x, y = self.images[lo:hi], self.labels[lo:hi]
+            idx = order[lo:hi] if order is not None else torch.arange(lo, hi, device=self.images.device)
+            x, y = self.images.index_select(0, idx), self.labels.index_select(0, idx)
             if self.augment:
-                x = random_crop_flip(x, g, self.pad)
+                x = random_crop_flip(x, g, self.pad, None if flips is None else flips.index_select(0, idx))
             # one new float tensor, already in the run's memory format (channels_last: N x H x W x C in
             # memory); normalised in place, which keeps that layout. The uint8 split is never written.
             x = x.to(torch.float32, memory_format=self.memory_format, copy=True).sub_(self.mean).div_(self.std)

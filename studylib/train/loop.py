@@ -38,20 +38,39 @@ def autocast(device: str, amp: bool | str):
     return contextlib.nullcontext()
 
 
-@torch.no_grad()
-def evaluate(model: nn.Module, batches: TensorBatches, device: str, amp: bool = False, flip: bool = False):
-    """(logits as float32 on CPU, labels on CPU, mean cross-entropy loss).
+def tta_views(tta: bool | str) -> str:
+    """The views `evaluate` averages for a run's `tta` setting: False -> "none", True -> "flip", else itself."""
+    return {False: "none", True: "flip"}.get(tta, tta)
 
-    flip=True: test-time flip, each image's logits averaged with its mirror image's.
+
+def predict(model: nn.Module, x: torch.Tensor, views: str = "none") -> torch.Tensor:
+    """Logits (float32) of one batch, averaged over test-time views.
+
+    "none": the images as they are. "flip": each image and its mirror, averaged. "flip_translate":
+    airbench's six views: the flip average of the images, weighted 1/2, and the flip averages of the
+    images shifted by one pixel up-left and down-right (reflect padding), 1/4 each.
     """
+    out = model(x).float()
+    if views == "none":
+        return out
+    out = (out + model(x.flip(3)).float()) / 2
+    if views == "flip":
+        return out
+    h, w = x.shape[-2:]
+    padded = nn.functional.pad(x, (1, 1, 1, 1), mode="reflect")
+    shifted = [padded[:, :, :h, :w], padded[:, :, 2:, 2:]]
+    return out / 2 + sum((model(v).float() + model(v.flip(3)).float()) / 2 for v in shifted) / 4
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, batches: TensorBatches, device: str, amp: bool = False, views: str = "none"):
+    """(logits as float32 on CPU, labels on CPU, mean cross-entropy loss), each batch through `predict`
+    with the given test-time views."""
     model.eval()
     logits, labels = [], []
     with autocast(device, amp):
         for x, y in batches:
-            out = model(x).float()
-            if flip:
-                out = (out + model(x.flip(3)).float()) / 2
-            logits.append(out)
+            logits.append(predict(model, x, views))
             labels.append(y)
     model.train()
     if not logits:
@@ -143,14 +162,16 @@ class Lookahead:
 
 
 def fit(model: nn.Module, train: TensorBatches, val: TensorBatches, *, epochs: int, optimizer, schedule,
-        loss_fn, device: str, amp: bool = False, early_stopping: int = 0, tta: bool = False,
+        loss_fn, device: str, amp: bool = False, early_stopping: int = 0, tta: bool | str = False,
         lookahead: bool = False, on_epoch: Optional[Callable[[EpochStats], None]] = None,
         progress: bool = True) -> dict:
     """Train for `epochs`, validating after each. `on_epoch` may raise to stop (Optuna's pruner does).
 
     Returns {"history": [EpochStats], "first_step_seconds": float}. With early_stopping=N, training
     stops after N epochs without a better val top-1 and the best weights are restored.
-    tta=True validates with test-time flip (`evaluate`'s flip); lookahead=True trains with `Lookahead`.
+    tta (the run's setting, `tta_views`) names the test-time views of validation. Six views cost three
+    times a flip's evaluation, so with tta "flip_translate" every epoch but the last validates with the
+    flip alone and the last, the model the test sees, with all six. lookahead=True trains with `Lookahead`.
     """
     from tqdm.auto import tqdm  # lazy: only the progress bar needs it
     history: list[EpochStats] = []
@@ -162,9 +183,15 @@ def fit(model: nn.Module, train: TensorBatches, val: TensorBatches, *, epochs: i
         stats = train_epoch(model, train, optimizer, schedule, loss_fn, device, amp, step_hook=hook)
         if epoch == 1:
             first_step_seconds = stats["first_step"]
+        epoch_finished = getattr(model, "epoch_finished", None)   # a net's own schedule (AirbenchNet's)
+        if epoch_finished is not None:
+            epoch_finished(epoch)
         synchronize(device)
         t_val = time.perf_counter()
-        logits, labels, val_loss = evaluate(model, val, device, amp, flip=tta)
+        views = tta_views(tta)
+        if views == "flip_translate" and epoch < epochs:
+            views = "flip"
+        logits, labels, val_loss = evaluate(model, val, device, amp, views)
         synchronize(device)
         val_seconds = time.perf_counter() - t_val
         val_top1 = (logits.argmax(1) == labels).float().mean().item() if len(labels) else float("nan")

@@ -19,7 +19,7 @@ from studylib.models import count_parameters, create_model, gmacs, size_mb
 from studylib.params import TrainParams
 from studylib.paths import inside, runs_dir
 from studylib.record import TrainRecord, run_id
-from studylib.train.loop import evaluate, fit, time_to_targets
+from studylib.train.loop import evaluate, fit, time_to_targets, tta_views
 from studylib.train.metrics import classification_report, images_digest
 from studylib.train.profiling import UtilisationSampler, peak_memory, profile_steps
 from studylib.train.setup import RunData, batches, load_run_data, prepare
@@ -80,7 +80,8 @@ def train_run(params: TrainParams, progress: bool = True, on_epoch=None) -> Trai
         # The test split, touched once.
         t1 = time.perf_counter()
         test_batches = batches(data, "test", params, device, train=False, speed=setup.speed)
-        test_logits, test_labels, _ = evaluate(setup.step_model, test_batches, device, setup.speed.amp, flip=params.tta)
+        test_logits, test_labels, _ = evaluate(setup.step_model, test_batches, device, setup.speed.amp,
+                                                 tta_views(params.tta))
         eval_seconds = time.perf_counter() - t1
     report = classification_report(test_logits, test_labels, data.dataset.classes)
     # which test images, in which order: runs with the same digest are compared image by image

@@ -31,7 +31,8 @@ COLUMNS = {
 BEST, WITHIN, BELOW, NO_INTERVAL = "the best", "within noise", "below, beyond noise", "no test predictions recorded"
 # train parameters that define a row besides the model, when they vary within a dataset
 SETTINGS = ["pretrained", "image_size", "epochs", "batch_size", "lr", "optimizer", "weight_decay", "schedule",
-            "label_smoothing", "augment", "finetune", "head", "train_limit", "early_stopping", "compile", "amp"]
+            "label_smoothing", "augment", "flip", "tta", "finetune", "head", "train_limit", "early_stopping", "compile",
+            "amp"]
 
 
 def ok_train(runs: pd.DataFrame) -> pd.DataFrame:

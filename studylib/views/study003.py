@@ -150,6 +150,7 @@ def headlines(records: list[dict]) -> list[dict]:
 
 
 _OPTIMIZER = {"muon": "Muon + SGD", "sgd": "SGD", "adam": "Adam", "adamw": "AdamW"}
+_TTA = {True: ", test-time flip", "flip_translate": ", six test-time views (flips and one-pixel shifts)"}
 
 
 def _minutes(m: float | None) -> str:
@@ -181,7 +182,7 @@ def headline_sentence(h: dict) -> str:
     """The headline in one sentence, from the run's record."""
     to90, to93 = h["to"]["0.9"], h["to"]["0.93"]
     first = (f"The fast recipe ({h['model']}, {_OPTIMIZER.get(h['optimizer'], h['optimizer'])}, {h['precision']} {h['memory_format']}"
-             f"{', test-time flip' if h['tta'] else ''}) reached **{percent(h['test'])}% test top-1** after "
+             f"{_TTA.get(h['tta'], '')}) reached **{percent(h['test'])}% test top-1** after "
              f"{number(h['minutes'], decimals=1)} minutes of training on this CPU")
     if to90 is not None:
         first += f"; validation top-1 passed 90% after {number(to90, decimals=1)} minutes"
