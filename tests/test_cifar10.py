@@ -155,6 +155,21 @@ def test_six_views_validate_only_the_last_epoch(monkeypatch):
         assert seen == expected, tta
 
 
+def test_a_run_tests_with_its_own_views(study_env):
+    """train_run scores the test split with the run's tta views: its test logits are the six-view ones."""
+    from studylib.params import TrainParams
+    from studylib.train.run import train_run
+    from studylib.train.setup import batches
+    torch.manual_seed(0)
+    params = TrainParams(model="airbench93", epochs=1, image_size=32, train_limit=64, batch_size=16,
+                         tta="flip_translate", amp=False, channels_last=False)
+    result = train_run(params, progress=False)
+    test = batches(result.data, "test", params, "cpu", train=False)
+    six, _, _ = evaluate(result.model, test, "cpu", views="flip_translate")
+    flip, _, _ = evaluate(result.model, test, "cpu", views="flip")
+    assert torch.allclose(result.test_logits, six, atol=1e-5) and not torch.allclose(result.test_logits, flip, atol=1e-5)
+
+
 @pytest.mark.skipif(not SHARED.is_file(), reason=f"the real CIFAR-10 JPEG export is not at {SHARED}")
 def test_the_real_archive_has_the_official_split(env):
     ds = load_dataset("cifar10", str(SHARED), download=False)     # SHA256SUMS beside it is checked
