@@ -87,7 +87,9 @@ def test_the_headline_reports_minutes_to_90_and_93():
     assert table.iloc[0]["to 90% on validation (min)"] == "7.0" and table.iloc[0]["to 93% on validation (min)"] == "not reached"
     assert table.iloc[0]["machine"] == "AMD EPYC, 2 cores"
     assert [table.iloc[i]["run"] for i in (0, 1)] == ["ours: fastvgg32, SGD, 12 epochs", "ours: airbench94, Muon + SGD, 16 epochs"]
-    assert "(airbench94, Muon + SGD, bf16 nhwc" in study003.headline_sentence(both[1])
+    assert "(airbench94, Muon + SGD, bf16 nhwc)" in study003.headline_sentence(both[1])   # no test-time views
+    for tta, said in ((True, "nhwc, test-time flip)"), ("flip_translate", "nhwc, six test-time views (flips and one-pixel shifts))")):
+        assert said in study003.headline_sentence({**both[1], "tta": tta})
 
 
 @pytest.mark.slow
