@@ -142,17 +142,23 @@ def test_a_flood_gets_quick_503s_while_health_stays_fast_and_memory_bounded(run)
 
 
 def test_work_whose_client_has_gone_is_dropped(run):
-    slow, slow_type = batch([bilevel(3000)] * 20)    # holds the one inference thread for a while
+    # 30 images of 16 Mpx hold the one inference thread for seconds (2.7 s on the quiet 2-core VM), so the quick
+    # request is still waiting when its client gives up: the test closes it as soon as /health shows both
+    # requests inside the server. (20 images of 9 Mpx and fixed sleeps once lost that race in a CI run.)
+    slow, slow_type = batch([bilevel(4000)] * 30)
     quick, ctype = batch([bilevel(64)])
-    with ServerProcess(run[0], threads=1, max_queue=4, max_request_pixels=200_000_000) as server:
+    with ServerProcess(run[0], threads=1, max_queue=4, max_request_pixels=500_000_000) as server:
+        c = Client(server.url)
         first = raw_post(server.port, "/predict/batch", slow, slow_type)
-        time.sleep(0.5)
+        time.sleep(0.3)                               # its small body read, its prediction holds the thread
         gone = raw_post(server.port, "/predict/batch", quick, ctype)
-        time.sleep(0.5)
+        for _ in range(100):
+            if c.request("GET", "/health")[1]["in_progress"] == 2:
+                break
+            time.sleep(0.02)
         gone.close()                                  # the client gives up while its request waits
         assert reply_of(first)[0] == 200
         first.close()
-        c = Client(server.url)
         for _ in range(50):
             health = c.request("GET", "/health")[1]
             if health["dropped"] >= 1:
