@@ -141,6 +141,16 @@ def test_a_flood_gets_quick_503s_while_health_stays_fast_and_memory_bounded(run)
     assert peak - start_rss < 800, (start_rss, peak)
 
 
+def health_once(client: Client, ready, tries: int, pause: float) -> dict:
+    """The server's /health once `ready(health)` holds, or its last answer after `tries` polls `pause` s apart."""
+    for _ in range(tries):
+        health = client.request("GET", "/health")[1]
+        if ready(health):
+            break
+        time.sleep(pause)
+    return health
+
+
 def test_work_whose_client_has_gone_is_dropped(run):
     # 30 images of 16 Mpx hold the one inference thread for seconds (2.7 s on the quiet 2-core VM), so the quick
     # request is still waiting when its client gives up: the test closes it as soon as /health shows both
@@ -152,18 +162,11 @@ def test_work_whose_client_has_gone_is_dropped(run):
         first = raw_post(server.port, "/predict/batch", slow, slow_type)
         time.sleep(0.3)                               # its small body read, its prediction holds the thread
         gone = raw_post(server.port, "/predict/batch", quick, ctype)
-        for _ in range(100):
-            if c.request("GET", "/health")[1]["in_progress"] == 2:
-                break
-            time.sleep(0.02)
+        health_once(c, lambda h: h["in_progress"] == 2, tries=100, pause=0.02)
         gone.close()                                  # the client gives up while its request waits
         assert reply_of(first)[0] == 200
         first.close()
-        for _ in range(50):
-            health = c.request("GET", "/health")[1]
-            if health["dropped"] >= 1:
-                break
-            time.sleep(0.1)
+        health = health_once(c, lambda h: h["dropped"] >= 1, tries=50, pause=0.1)
         assert health["dropped"] == 1 and health["served"] == 1 and health["in_progress"] == 0, health
 
 
