@@ -29,6 +29,17 @@ FAST_PATTERN = re.compile(r"^fastvgg(?P<width>32|64)$")
 # Keller Jordan's airbench nets as published (github.com/KellerJordan/cifar10-airbench): block widths of
 # airbench93 (93% on CIFAR-10 in its recipe) and airbench94.
 AIRBENCH_WIDTHS = {"airbench93": (64, 128, 128), "airbench94": (64, 256, 256)}
+# airbench's net at other block widths, named by them: airbench_32_192_192 (the CIFAR-10 headline's) has
+# convs of 32, 192 and 192 filters.
+AIRBENCH_PATTERN = re.compile(r"^airbench_(?P<w1>[1-9][0-9]{0,3})_(?P<w2>[1-9][0-9]{0,3})_(?P<w3>[1-9][0-9]{0,3})$")
+
+
+def airbench_widths(name: str) -> tuple[int, int, int] | None:
+    """The block widths of an airbench net's name (airbench93, airbench94, airbench_<w1>_<w2>_<w3>), else None."""
+    if name in AIRBENCH_WIDTHS:
+        return AIRBENCH_WIDTHS[name]
+    m = AIRBENCH_PATTERN.match(name)
+    return (int(m["w1"]), int(m["w2"]), int(m["w3"])) if m else None
 
 
 @lru_cache(maxsize=1)
@@ -50,7 +61,7 @@ def model_family(name: str) -> str:
         return "smallvgg"
     if FAST_PATTERN.match(name):
         return "fastvgg"
-    if name in AIRBENCH_WIDTHS:
+    if airbench_widths(name):
         return "airbench"
     if name in torchvision_names():
         return "torchvision"
@@ -59,7 +70,8 @@ def model_family(name: str) -> str:
         return "timm"
     raise ParameterError("model", name, "a torchvision classification model (e.g. shufflenet_v2_x1_0), "
                          f"a timm model (e.g. tiny_vit_5m_224) or one of {', '.join(VGG_NAMES[:1] + VGG_NAMES[-1:])} "
-                         "(smallvgg<1-3>[_bn][_dropout]), fastvgg32, fastvgg64, airbench93 or airbench94")
+                         "(smallvgg<1-3>[_bn][_dropout]), fastvgg32, fastvgg64, airbench93, airbench94 or "
+                         "airbench_<w1>_<w2>_<w3> (block widths, e.g. airbench_32_192_192)")
 
 
 def min_image_size(name: str) -> int:
@@ -69,7 +81,7 @@ def min_image_size(name: str) -> int:
         return 2 ** int(m["blocks"])
     if FAST_PATTERN.match(name):
         return 8
-    if name in AIRBENCH_WIDTHS:
+    if airbench_widths(name):
         return 9    # 2x2 whitening, then three 2x2 max-pools
     return 32
 
@@ -162,7 +174,7 @@ def create_model(name: str, num_classes: int, pretrained: bool = False, finetune
     elif family == "fastvgg":
         model = FastVGG(num_classes, width=int(FAST_PATTERN.match(name)["width"]))
     elif family == "airbench":
-        model = AirbenchNet(num_classes, AIRBENCH_WIDTHS[name])
+        model = AirbenchNet(num_classes, airbench_widths(name))
     elif family == "torchvision":
         import torchvision  # lazy: seconds to import; only its own models need it
         model = _torchvision_pretrained(name) if pretrained else torchvision.models.get_model(name, num_classes=num_classes)

@@ -1,6 +1,7 @@
 """The study's own networks, built here rather than taken from a library: reference study 003's VGG,
 a fast VGG in airbench's shape (`fastvgg32`/`fastvgg64`), and Keller Jordan's airbench nets as published
-(`airbench93`/`airbench94`). `studylib.models` names them and builds them with the library models.
+(`airbench93`/`airbench94`) or at other block widths (`airbench_32_192_192`). `studylib.models` names them and
+builds them with the library models.
 """
 from __future__ import annotations
 

@@ -1,9 +1,11 @@
 """airbench's pieces in the study: its net (whitening conv fitted to the training images, shift-only BatchNorm,
 BatchNorm shifts at 64x the learning rate, a whitening bias that learns for three epochs) and its lookahead (studylib.nets, train.setup, train.loop)."""
+import pytest
 import torch
 from torch import nn
 
 from studylib.data.loader import TensorBatches
+from studylib.errors import ParameterError
 from studylib.models import create_model, min_image_size
 from studylib.train.loop import Lookahead, fit
 from studylib.train.setup import build_optimizer, build_schedule
@@ -47,6 +49,18 @@ def test_airbench_takes_small_images_and_starts_as_identity_convs():
     assert net(torch.randn(2, 3, min_image_size("airbench93"), min_image_size("airbench93"))).shape == (2, 3)
     conv = net.features[1]
     assert torch.equal(conv.weight[:24, :, 1, 1], torch.eye(24))
+
+
+def test_an_airbench_name_with_widths_builds_those_widths_and_a_bad_one_is_refused():
+    net = create_model("airbench_32_160_192", 10)
+    convs = [m for m in net.features if isinstance(m, nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [32, 32, 160, 160, 192, 192]
+    assert net.classifier.in_features == 192
+    published = [c.out_channels for c in create_model("airbench93", 10).features if isinstance(c, nn.Conv2d)]
+    assert published[::2] == [64, 128, 128]
+    for bad in ("airbench_0_192_192", "airbench_32_192", "airbench_32_192_192_1"):
+        with pytest.raises(ParameterError, match="airbench_<w1>_<w2>_<w3>"):
+            create_model(bad, 10)
 
 
 def test_lookahead_resets_the_weights_to_their_moving_average_every_five_steps():
