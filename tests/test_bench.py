@@ -172,7 +172,7 @@ def test_grid_configurations(study_env, tiny_imagefolder):
     # study 003's arms: smallvgg3 with and without L2 or augmentation is one step to measure, not three
     arms = bench.configurations(parser.parse_args(["--grid", SMOKE.replace("smoke", "cifar10")]))
     assert [c.model for c in arms] == ["smallvgg1", "smallvgg2", "smallvgg3", "smallvgg3_dropout", "smallvgg3_bn",
-                                       "smallvgg3_bn_dropout", "airbench93"]
+                                       "smallvgg3_bn_dropout", "airbench_32_192_192"]
 
 
 def test_runs_against_bench_matches_the_setting():
