@@ -132,7 +132,8 @@ class TrainParams(StageParams):
     flip: Literal["random", "alternate"] = "random"   # with augment: random per image, or airbench's alternating flip
     early_stopping: NonNegativeInt = 0              # patience in epochs on val top-1; 0 means off
     tta: Literal[False, True, "flip_translate"] = False  # test-time views: true averages each image and its mirror;
-    # flip_translate adds the two one-pixel shifts of both (airbench's six views; validation uses them in the last epoch)
+    # flip_translate adds the two one-pixel shifts of both (airbench's six views; validation uses them in the last
+    # epoch, the images alone in the others)
     lookahead: bool = False              # airbench's lookahead: every 5 steps the weights reset to their moving average
     seed: int = 0
     device: str = "auto"
