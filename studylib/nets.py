@@ -95,10 +95,12 @@ class AirbenchNet(nn.Module):
     eigenvectors and their negatives, `fit_whitening`), three blocks of conv -> max-pool -> BatchNorm -> GELU ->
     conv -> BatchNorm -> GELU with shift-only BatchNorm, global max-pooling and a linear head whose logits
     are scaled by 1/9. `lr_factor` names what its recipe trains at another learning rate (BatchNorm shifts
-    at 64x); `epoch_finished` stops the whitening bias after its first epochs, as airbench does."""
+    at 64x); `epoch_finished` stops the whitening bias after the first epoch (airbench: after 3 of its 10)."""
 
     WHITEN = 24   # 2 x 3 channels x 2 x 2 pixels
-    WHITEN_BIAS_EPOCHS = 3
+    # airbench lets the bias learn for 3 epochs; on this CPU 1 epoch made the headline's 12 epochs 8 s faster
+    # (epochs 2 and 3 at 46 s instead of 50) with the same test top-1 (seed 0: 90.12%, both)
+    WHITEN_BIAS_EPOCHS = 1
 
     def __init__(self, num_classes: int, widths: tuple[int, int, int]):
         super().__init__()
@@ -120,7 +122,7 @@ class AirbenchNet(nn.Module):
     def epoch_finished(self, epoch: int) -> None:
         """Called by the training loop after each epoch. After WHITEN_BIAS_EPOCHS the whitening bias stops
         learning: nothing before the first 3x3 conv then needs a gradient, and every later backward pass
-        skips that conv's input gradient (about a twelfth of airbench93's step)."""
+        skips that conv's input gradient (about a twelfth of airbench93's step, 8% of airbench_32_192_192's)."""
         if epoch >= self.WHITEN_BIAS_EPOCHS:
             self.whiten.bias.requires_grad_(False)
 
