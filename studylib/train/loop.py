@@ -171,8 +171,8 @@ def fit(model: nn.Module, train: TensorBatches, val: TensorBatches, *, epochs: i
     stops after N epochs without a better val top-1 and the best weights are restored.
     tta (the run's setting, `tta_views`) names the test-time views of validation. Six views cost six
     times one view's evaluation, so with tta "flip_translate" every epoch but the last validates with the
-    images alone (1.6 s instead of the flip's 3.1 an epoch on the CIFAR-10 headline, about 3% of it) and the last, the model the test
-    sees, with all six. lookahead=True trains with `Lookahead`.
+    images alone (1.6 s instead of the flip's 3.1 an epoch on the CIFAR-10 headline, about 3% of it) and
+    the last, the model the test sees, with all six. lookahead=True trains with `Lookahead`.
     """
     from tqdm.auto import tqdm  # lazy: only the progress bar needs it
     history: list[EpochStats] = []
