@@ -471,6 +471,11 @@ def test_dollars_per_run_per_model_and_per_study(records, book):
     # mobilenet_v3_small: runs a (1.00 + 0.02) and b (0.0955 + 0.0019): mean per run 0.5587; all runs 1.1174
     mv3 = models.loc[("clothing10", "mobilenet_v3_small")]
     assert mv3["runs"] == "2" and mv3["cost per run (USD)"] == "0.56" and mv3["all runs and tuning (USD)"] == "1.12"
+    # test top-1 as a percentage (runs a 0.70 and b 0.71); minutes to three significant digits of the column's largest
+    # (resnet50's 120), so whole minutes: runs a and b trained 30 and 3 minutes
+    assert mv3["test top-1 (%, mean)"] == "70.5" and mv3["minutes per run"] == "16"
+    runs = runs_view(t.runs)
+    assert sorted(runs.loc[("clothing10", "mobilenet_v3_small"), "test top-1 (%)"]) == ["70.0", "71.0"]
     # shufflenet: one run, 2.04, and its 3.00 tuning search
     assert models.loc[("clothing10", "shufflenet_v2_x0_5"), "tuning (USD)"] == "3.00"
     assert models.loc[("clothing10", "shufflenet_v2_x0_5"), "all runs and tuning (USD)"] == "5.04"
@@ -483,11 +488,11 @@ def test_targets_reached_by_no_run_get_no_column(records, book):
     view = targets_view(t.targets)
     # every run has targets 0.5, 0.7, 0.8: none reached 0.8, so 0.8 is a sentence, not a column of "not reached"
     assert unreached_targets(t.targets) == [0.8]
-    assert list(view.columns) == ["val top-1 ≥ 0.5: USD (minutes)", "val top-1 ≥ 0.7: USD (minutes)"]
+    assert list(view.columns) == ["val top-1 ≥ 50%: USD (minutes)", "val top-1 ≥ 70%: USD (minutes)"]
     # mobilenet_v3_small reached 0.5 cheapest on the V100 (run b: 90 s at 1.91 USD/h = 0.048 USD, 1.5 minutes)
-    assert view.loc[("clothing10", "mobilenet_v3_small"), "val top-1 ≥ 0.5: USD (minutes)"] == "0.05 (1.5 min)"
+    assert view.loc[("clothing10", "mobilenet_v3_small"), "val top-1 ≥ 50%: USD (minutes)"] == "0.05 (1.5 min)"
     # shufflenet's only run never reached 0.7
-    assert view.loc[("clothing10", "shufflenet_v2_x0_5"), "val top-1 ≥ 0.7: USD (minutes)"] == NOT_REACHED
+    assert view.loc[("clothing10", "shufflenet_v2_x0_5"), "val top-1 ≥ 70%: USD (minutes)"] == NOT_REACHED
 
 
 def test_a_total_is_never_a_sum_of_two_currencies():

@@ -11,7 +11,7 @@ from studylib.stages.cost.measures import NOT_REACHED
 from studylib.stages.cost.prices import THIS_MACHINE, PriceBook
 from studylib.stages.cost.projections import NOT_MEASURED
 from studylib.stages.cost.tables import PHASES, CostTables
-from studylib.views.format import decimals_for, number, table
+from studylib.views.format import column, decimals_for, number, percent, table
 
 NOT_PRICED = "no price"
 
@@ -99,7 +99,7 @@ def models_view(t: CostTables) -> pd.DataFrame:
     cur = unit(currency_of(runs))
     costs = t.costs[~t.costs["model"].str.startswith("(")].set_index(["dataset", "model"])
     g = runs.assign(run_cost=runs["training_cost"] + runs["evaluation_cost"]).groupby(["dataset", "model"])
-    view = pd.DataFrame({"runs": g.size(), "test top-1 (mean)": g["test top-1"].mean(),
+    view = pd.DataFrame({"runs": g.size(), "test top-1 (%, mean)": g["test top-1"].mean(),
                          "minutes per run": g["training_seconds"].mean() / 60,
                          f"cost per run{cur}": g["run_cost"].mean()})
     tuned = costs["tuning"].fillna(0) > 0
@@ -110,7 +110,8 @@ def models_view(t: CostTables) -> pd.DataFrame:
     if view.index.get_level_values("dataset").nunique() == 1:
         view = view.droplevel("dataset")
     money_columns = [c for c in view if c.startswith(("cost per run", "tuning", "all runs"))]
-    out = table(view.drop(columns=money_columns), {"test top-1 (mean)": 3, "minutes per run": 2})
+    out = table(view.drop(columns=money_columns), {"minutes per run": 3})
+    out["test top-1 (%, mean)"] = view["test top-1 (%, mean)"].map(percent)
     for c in money_columns:
         out[c] = money(view[c])
     return out
@@ -126,8 +127,8 @@ def runs_view(runs: pd.DataFrame) -> pd.DataFrame:
     seeds = [f"{number(s, missing='—')} (tuned)" if stage == "tune" else s for s, stage in zip(runs["seed"], runs["stage"])]
     frame = _labels(runs.assign(seed=seeds, order=runs["seed"]).sort_values(["dataset", "model", "order", "stage"]),
                     ["model", "seed"])
-    view = table(pd.DataFrame({"test top-1": frame["test top-1"], "training (min)": frame["training_seconds"] / 60}),
-                 {"test top-1": 3, "training (min)": 2})
+    view = pd.DataFrame({"test top-1 (%)": frame["test top-1"].map(percent),
+                         "training (min)": column(frame["training_seconds"] / 60)})
     view[f"training and evaluation{cur}"] = money(frame["training_cost"] + frame["evaluation_cost"])
     view[f"with tuning and data prep{cur}"] = money(frame["total_cost"])
     return view
@@ -156,11 +157,11 @@ def targets_view(targets: pd.DataFrame) -> pd.DataFrame:
                 continue
             best = hit.iloc[0]
             some = f", {len(hit)} of {len(tg)} runs" if len(hit) < len(tg) else ""
-            row[t] = f"{number(best['cost'], decimals=d, missing=NOT_PRICED)} ({number(best['seconds'] / 60, 2)} min{some})"
+            row[t] = f"{number(best['cost'], decimals=d, missing=NOT_PRICED)} ({number(best['seconds'] / 60)} min{some})"
         rows[(ds, model)] = row
     view = pd.DataFrame.from_dict(rows, orient="index")
     view = view[sorted(view.columns)]
-    view.columns = [f"val top-1 ≥ {t:g}: {cur} (minutes)" for t in view.columns]
+    view.columns = [f"val top-1 ≥ {number(100 * t)}%: {cur} (minutes)" for t in view.columns]
     view.index.names = ["dataset", "model"]
     return view.droplevel("dataset") if view.index.get_level_values("dataset").nunique() == 1 else view
 
@@ -220,9 +221,9 @@ def serving_view(serving: pd.DataFrame) -> pd.DataFrame:
     cur = unit(currency_of(serving))
     frame = serving.assign(served=serving["backend"] + " " + serving["precision"])
     frame = frame.set_index(["model", "served"] if frame["dataset"].nunique() == 1 else ["dataset", "model", "served"])
-    view = table(frame[["test top-1", "throughput (pred/s)", "p50 latency c=1 (ms)"]].rename(columns={
-        "throughput (pred/s)": "predictions/s", "p50 latency c=1 (ms)": "median latency, one client (ms)"}),
-        {"test top-1": 3, "predictions/s": 3, "median latency, one client (ms)": 3})
+    view = table(frame[["throughput (pred/s)", "p50 latency c=1 (ms)"]].rename(columns={
+        "throughput (pred/s)": "predictions/s", "p50 latency c=1 (ms)": "median latency, one client (ms)"}))
+    view.insert(0, "test top-1 (%)", frame["test top-1"].map(percent))
     view[f"per million predictions{cur}"] = money(frame["cost per million predictions"])
     return view
 
@@ -289,12 +290,13 @@ def automl_view(automl: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame()
     view = automl.rename(columns={"accuracy (published)": "accuracy", "node-hours (published)": "node-hours",
                                   "total (published)": "total"}).set_index(["system", "variant", "dataset"])
-    out = table(view[["accuracy", "node-hours"]], {"accuracy": 3, "node-hours": 3})
+    out = table(view[["node-hours"]])
+    out.insert(0, "accuracy (%)", view["accuracy"].map(percent))
     out[f"total{unit(currency_of(automl))}"] = money(view["total"])
     if (automl["our runs"] > 0).any():
         ours = view["our runs"] > 0
-        out["our best test top-1"] = [number(v, decimals=3) if o else "not run here"
-                                      for v, o in zip(view["our best test top-1"], ours)]
+        out["our best test top-1 (%)"] = [percent(v) if o else "not run here"
+                                          for v, o in zip(view["our best test top-1"], ours)]
         costs = pd.to_numeric(view["our cost to match (val)"], errors="coerce")
         d = max(2, decimals_for(costs.dropna().tolist(), 2))
         out["our cost to match it"] = [("not run here" if not o else NOT_REACHED if v == NOT_REACHED

@@ -58,9 +58,9 @@ def pareto_figure(runs: pd.DataFrame, serving: pd.DataFrame):
 
 def _pareto_panel(ax, g: pd.DataFrame, x: str, xlabel: str, title: str):
     """One panel's points, bars and front; returns (axes, points, labels) for the labels placed last."""
-    ax.set(xlabel=xlabel, ylabel="test top-1", title=title)
+    ax.set(xlabel=xlabel, ylabel="test top-1 (%)", title=title)
     ax.grid(alpha=0.3)
-    m = per_model(g, x, "test top-1")
+    m = per_model(g.assign(**{"test top-1": g["test top-1"] * 100}), x, "test top-1")
     if m.empty:
         ax.text(0.5, 0.5, "no priced runs", ha="center", va="center", transform=ax.transAxes)
         return None
