@@ -134,6 +134,8 @@ class TrainParams(StageParams):
     tta: Literal[False, True, "flip_translate"] = False  # test-time views: true averages each image and its mirror;
     # flip_translate adds the two one-pixel shifts of both (airbench's six views; validation uses them in the last
     # epoch, the images alone in the others)
+    low_res_epochs: NonNegativeInt = 0   # with augment: the first N epochs train on random low_res_size crops
+    low_res_size: PositiveInt = 24       # (progressive resizing: 24-pixel steps of the 32-pixel headline cost half)
     lookahead: bool = False              # airbench's lookahead: every 5 steps the weights reset to their moving average
     seed: int = 0
     device: str = "auto"
@@ -203,6 +205,16 @@ class TrainParams(StageParams):
         fixed = fixed_image_size(self.model)
         if fixed and self.pretrained is True and self.image_size != fixed:
             raise ParameterError("image_size", self.image_size, f"{fixed} for pretrained '{self.model}', which is built for that size")
+        if self.low_res_epochs:
+            if not self.augment:
+                raise ParameterError("low_res_epochs", self.low_res_epochs, "0 when augment is false (its crops are "
+                                     "an augmentation)")
+            if self.low_res_epochs >= self.epochs:
+                raise ParameterError("low_res_epochs", self.low_res_epochs, f"fewer than epochs ({self.epochs}), so "
+                                     "that the last epochs train at the full image size")
+            if not smallest <= self.low_res_size < self.image_size:
+                raise ParameterError("low_res_size", self.low_res_size, f"at least {smallest} for model '{self.model}' "
+                                     f"and under image_size ({self.image_size})")
         check_root(self.dataset, self.root)  # a root where one is needed, an existing folder where one must be
         if isinstance(self.pretrained, str) and (info.context or {}).get("check_source", True):
             self.check_source()

@@ -6,17 +6,20 @@ import torch.nn.functional as F
 from studylib.data.loader import TensorBatches, random_crop_flip
 
 
-def reference_crop_flip(x, seed, pad):
-    """The definition, one image at a time: reflect-pad, crop at a random offset, flip half the images."""
+def reference_crop_flip(x, seed, pad, size=None):
+    """The definition, one image at a time: reflect-pad, crop a size x size window (the image's size by default)
+    at a random offset, flip half the images."""
     g = torch.Generator().manual_seed(seed)
     b, _, h, w = x.shape
+    size = size or h
     flip = torch.rand(b, generator=g) < 0.5
-    offsets = torch.randint(0, 2 * pad + 1, (b, 2), generator=g) if pad else torch.zeros(b, 2, dtype=torch.long)
+    offsets = (torch.randint(0, h + 2 * pad - size + 1, (b, 2), generator=g) if pad or size < h
+               else torch.zeros(b, 2, dtype=torch.long))
     padded = F.pad(x.float(), (pad,) * 4, mode="reflect").to(x.dtype) if pad else x
     out = []
     for i in range(b):
         dy, dx = offsets[i].tolist()
-        img = padded[i, :, dy:dy + h, dx:dx + w]
+        img = padded[i, :, dy:dy + size, dx:dx + size]
         out.append(img.flip(-1) if flip[i] else img)
     return torch.stack(out)
 
@@ -30,6 +33,22 @@ def test_crop_flip_matches_the_per_image_definition():
     # float input gives the same pixels
     got = random_crop_flip(x.float(), torch.Generator().manual_seed(7), 2)
     assert torch.equal(got, reference_crop_flip(x, 7, 2).float())
+    # smaller crops: a window anywhere in the padded image, with or without padding
+    for pad, size in ((2, 12), (0, 10)):
+        got = random_crop_flip(x, torch.Generator().manual_seed(7), pad, size=size)
+        assert got.shape == (24, 3, size, size) and torch.equal(got, reference_crop_flip(x, 7, pad, size))
+
+
+def test_low_res_epochs_train_on_smaller_crops_then_on_the_whole_images():
+    images = torch.randint(0, 256, (40, 3, 16, 16), dtype=torch.uint8)
+    train = TensorBatches(images, torch.arange(40), 8, mean=[0.5] * 3, std=[0.25] * 3, shuffle=True, augment=True,
+                          channels_last=True, low_res_epochs=2, low_res_size=12)
+    epochs = [list(train) for _ in range(3)]
+    assert [{tuple(x.shape[2:]) for x, _ in e} for e in epochs] == [{(12, 12)}, {(12, 12)}, {(16, 16)}]
+    assert all(x.is_contiguous(memory_format=torch.channels_last) for e in epochs for x, _ in e)
+    # evaluation batches (no augmentation) always see the whole images
+    val = TensorBatches(images, torch.arange(40), 8, mean=[0.5] * 3, std=[0.25] * 3, low_res_epochs=2, low_res_size=12)
+    assert {tuple(x.shape[2:]) for x, _ in val} == {(16, 16)}
 
 
 def test_batches_are_normalised_and_repeat_with_the_seed():

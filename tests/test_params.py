@@ -25,6 +25,10 @@ from studylib.stages.data_prep import DataPrepParams
     ({"device": "tpu"}, "device", "'tpu'", "'auto'"),
     ({"epochs": "ten"}, "epochs", "'ten'", "integer"),
     ({"learning_rate": 0.1}, "learning_rate", "0.1", "train parameters"),
+    ({"low_res_epochs": 2, "augment": False}, "low_res_epochs", "2", "augment is false"),
+    ({"low_res_epochs": 5, "epochs": 5}, "low_res_epochs", "5", "fewer than epochs (5)"),
+    ({"low_res_epochs": 2, "low_res_size": 64}, "low_res_size", "64", "under image_size (64)"),
+    ({"low_res_epochs": 2, "low_res_size": 16}, "low_res_size", "16", "at least 32"),
 ])
 def test_bad_parameter_gives_one_clear_sentence(bad, parameter, value_text, allowed_text):
     with pytest.raises(ParameterError) as info:

@@ -90,6 +90,10 @@ def test_the_headline_reports_minutes_to_90_and_93():
     assert "(airbench94, Muon + SGD, bf16 nhwc)" in study003.headline_sentence(both[1])   # no test-time views
     for tta, said in ((True, "nhwc, test-time flip)"), ("flip_translate", "nhwc, six test-time views (flips and one-pixel shifts))")):
         assert said in study003.headline_sentence({**both[1], "tta": tta})
+    # a recipe whose first epochs trained on smaller crops says so
+    slow["params"].update(low_res_epochs=6, low_res_size=28)
+    table = study003.headline_table(study003.headlines(study003.finished([slow])))
+    assert table.iloc[0]["run"] == "ours: airbench94, Muon + SGD, 16 epochs (the first 6 on 28-pixel crops)"
 
 
 @pytest.mark.slow

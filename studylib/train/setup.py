@@ -96,7 +96,8 @@ def batches(data: RunData, split: str, params: TrainParams, device: str, train: 
     return TensorBatches(s.images, s.labels, train_batch_size(data, params) if train else max(256, params.batch_size),
                          mean=data.mean, std=data.std, device=device, shuffle=train,
                          augment=train and params.augment, seed=params.seed, drop_last=train,
-                         channels_last=speed.channels_last, flip=params.flip)
+                         channels_last=speed.channels_last, flip=params.flip,
+                         low_res_epochs=params.low_res_epochs, low_res_size=params.low_res_size)
 
 
 def train_batch_size(data: RunData, params: TrainParams) -> int:
