@@ -170,6 +170,20 @@ def test_a_run_tests_with_its_own_views(study_env):
     assert torch.allclose(result.test_logits, six, atol=1e-5) and not torch.allclose(result.test_logits, flip, atol=1e-5)
 
 
+def test_a_run_trains_its_low_res_epochs_on_smaller_windows(study_env, monkeypatch):
+    """low_res_epochs reach the loop: the first epochs step on low_res_size windows, the rest on whole images."""
+    from studylib.params import TrainParams
+    from studylib.train import loop
+    from studylib.train.run import train_run
+    sides = []
+    real = loop.train_step
+    monkeypatch.setattr(loop, "train_step", lambda model, x, *a, **k: (sides.append(x.shape[-1]), real(model, x, *a, **k))[1])
+    params = TrainParams(model="airbench93", epochs=3, image_size=32, train_limit=64, batch_size=16, low_res_epochs=2,
+                         low_res_size=24, amp=False, channels_last=False)
+    train_run(params, progress=False)
+    assert sides == [24] * 8 + [32] * 4     # 64 images in batches of 16: 4 steps an epoch
+
+
 @pytest.mark.skipif(not SHARED.is_file(), reason=f"the real CIFAR-10 JPEG export is not at {SHARED}")
 def test_the_real_archive_has_the_official_split(env):
     ds = load_dataset("cifar10", str(SHARED), download=False)     # SHA256SUMS beside it is checked
