@@ -327,7 +327,9 @@ def configurations(args) -> list:
         _, cells = load_grid(args.grid, data=args.data)
         bases, seen = [], set()
         for c in cells["train"]:
-            p = {k: v for k, v in c.params.items() if k not in ("seed", "epochs", "early_stopping", "profile", "targets")}
+            # the bench steps at the full image size (low_res_epochs only shortens a run's first epochs' steps)
+            p = {k: v for k, v in c.params.items()
+                 if k not in ("seed", "epochs", "early_stopping", "profile", "targets", "low_res_epochs", "low_res_size")}
             key = tuple(str(p.get(k)) for k in STEP_KEYS)   # one row per step that runs differently
             if key not in seen and (not args.model or p["model"] in args.model):
                 seen.add(key)
