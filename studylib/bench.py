@@ -1,21 +1,19 @@
 """`studylib bench`: how close the study's training loop runs to this machine's limit.
 
-For each model, image size and batch size, in one process: (a) a bare training step on in-memory
-random tensors (the study's own `train_step` without the schedule step) in each of the four settings
-of precision and memory format, fp32 or bf16 autocast x NCHW or channels_last: the fastest is the
-ceiling for this model on this machine; (b) the study's own loop (`train.loop.train_epoch` over the
-real training split through the real data path) in the study's setting: what amp/channels_last
-"auto" resolves to (`studylib.train.speed`), or what --amp/--channels-last or the grid fix.
+For each model, image size and batch size, in one process: (a) a bare training step on in-memory random tensors (the
+study's own `train_step` without the schedule step) in each of the four settings of precision and memory format, fp32
+or bf16 autocast x NCHW or channels_last: the fastest is the ceiling for this model on this machine; (b) the study's
+own loop (`train.loop.train_epoch` over the real training split through the real data path) in the study's setting:
+what amp/channels_last "auto" resolves to (`studylib.train.speed`), or what --amp/--channels-last or the grid fix.
 
-All pass over the same images in the same batch sizes, interleaved so that other load on the machine hits
-them alike: on a CPU the four bare steps run after each step of the loop (in rotating order) and are taken
-out of its clock; on CUDA whole passes alternate, in an order rotating from round to round. Medians over
-rounds are reported; the loop's ratio to the ceiling is the median of the rounds' ratios. Bare steps in
-the loop's memory format step the loop's model and optimizer, the other format a copy with its own
-optimizer. Warm-up steps (in every setting) are excluded and reported (`warmup_seconds`; with `--compile`,
-the warm-up time above the steady step time is `compile_seconds`); on CUDA every clock is read after a
-synchronise. Inference is measured in the loop's setting: batch-1 latency and batch-64 throughput, eval
-mode, no gradients. When "auto" chose the loop's setting and this measurement makes it choose another,
+All pass over the same images in the same batch sizes, interleaved so that other load on the machine hits them alike:
+on a CPU the four bare steps run after each step of the loop (in rotating order) and are taken out of its clock; on
+CUDA whole passes alternate, in an order rotating from round to round. Medians over rounds are reported; the loop's
+ratio to the ceiling is the median of the rounds' ratios. Bare steps in the loop's memory format step the loop's model
+and optimizer, the other format a copy with its own optimizer. Warm-up steps (in every setting) are excluded and
+reported (`warmup_seconds`; with `--compile`, the warm-up time above the steady step time is `compile_seconds`); on
+CUDA every clock is read after a synchronise. Inference is measured in the loop's setting: batch-1 latency and batch-64
+throughput, eval mode, no gradients. When "auto" chose the loop's setting and this measurement makes it choose another,
 the loop is measured again (once) in the new one, so that the row shows the setting the study will train in.
 
 A CSV row per model and setting goes to results/bench/benchmark-train-pt<torch>-<device>.csv (timm's naming),
@@ -50,7 +48,9 @@ from studylib.train.speed import (MEMORY_FORMATS, SETTINGS, Speed, bare_column, 
 from studylib.util import atomic_write, now
 
 DEFAULT_MODELS = ["mobilenet_v3_small", "shufflenet_v2_x1_0"]
-# Grid cells alike in these share one bench row (study 003's arms: one smallvgg3 step, three weight decays/augments)
+# Grid cells alike in STEP_KEYS share one bench row (study 003's arms: one smallvgg3 step, three weight decays/augments);
+# RUN_ONLY_KEYS are not part of the step, which runs at the full image size for the bench's own rounds
+RUN_ONLY_KEYS = ("seed", "epochs", "early_stopping", "profile", "targets", "low_res_epochs", "low_res_size")
 STEP_KEYS = ("model", "dataset", "root", "image_size", "batch_size", "optimizer", "amp", "channels_last", "compile",
              "device", "pretrained", "finetune", "head", "train_limit")
 COLUMNS = [
@@ -327,9 +327,7 @@ def configurations(args) -> list:
         _, cells = load_grid(args.grid, data=args.data)
         bases, seen = [], set()
         for c in cells["train"]:
-            # the bench steps at the full image size (low_res_epochs only shortens a run's first epochs' steps)
-            p = {k: v for k, v in c.params.items()
-                 if k not in ("seed", "epochs", "early_stopping", "profile", "targets", "low_res_epochs", "low_res_size")}
+            p = {k: v for k, v in c.params.items() if k not in RUN_ONLY_KEYS}
             key = tuple(str(p.get(k)) for k in STEP_KEYS)   # one row per step that runs differently
             if key not in seen and (not args.model or p["model"] in args.model):
                 seen.add(key)
